@@ -1,0 +1,73 @@
+"""What every backend does: forward with captures and edits, and generation with edits."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from ..models.loaded import LoadedModel
+from ..sites import Edit, ResolvedSite, apply_edit, decode_positions, gather
+
+
+@dataclass
+class ForwardOutput:
+    logits: torch.Tensor | None        # None when the forward stopped after the last capture
+    captures: list[torch.Tensor]       # one (batch, n_pos, d) tensor per requested capture
+
+
+class StopForward(Exception):
+    """Raised inside a hook to end a forward pass early (the sender needs no later layers)."""
+
+
+class Backend(ABC):
+    name: str
+
+    @abstractmethod
+    def forward(self, model: LoadedModel, batch: dict, captures: list[ResolvedSite] = (),
+                edits: list[Edit] = (), stop_after_captures: bool = False) -> ForwardOutput:
+        ...
+
+    @abstractmethod
+    def generate(self, model: LoadedModel, batch: dict, edits: list[Edit] = (),
+                 max_new_tokens: int = 20, **generate_kwargs) -> torch.Tensor:
+        """New token ids only, shape (batch, <= max_new_tokens). Greedy unless told otherwise."""
+
+
+class EditState:
+    """Applies one edit on each call of a hook: prompt positions at prefill, newest token after."""
+
+    def __init__(self, edit: Edit):
+        self.edit = edit
+        self.calls = 0
+
+    def __call__(self, acts: torch.Tensor) -> torch.Tensor:
+        first = self.calls == 0
+        self.calls += 1
+        if first:
+            return apply_edit(acts, self.edit.site.positions, self.edit.fn)
+        if self.edit.every_step:
+            return apply_edit(acts, decode_positions(acts.shape[0]), self.edit.fn)
+        return acts
+
+
+class CaptureState:
+    """Collects gathered activations; can stop the forward once every capture is in."""
+
+    def __init__(self, sites: list[ResolvedSite], stop: bool):
+        self.sites = list(sites)
+        self.values: list[torch.Tensor | None] = [None] * len(self.sites)
+        self.stop = stop
+
+    def record(self, index: int, acts: torch.Tensor) -> None:
+        self.values[index] = gather(acts, self.sites[index].positions).detach()
+        if self.stop and all(v is not None for v in self.values):
+            raise StopForward
+
+
+def generation_defaults(model: LoadedModel, max_new_tokens: int, kwargs: dict) -> dict:
+    tok = model.tokenizer
+    return {"max_new_tokens": max_new_tokens, "do_sample": False,
+            "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+            **kwargs}

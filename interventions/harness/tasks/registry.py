@@ -1,0 +1,57 @@
+"""Task registry: names -> factories. A name ending in "/*" registers a family
+(e.g. "rg/*"), whose factory receives the part after the prefix as its first argument."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .base import Task
+from .errors import UnknownTaskError
+
+_TASKS: dict[str, Callable[..., Task]] = {}
+_FAMILIES: dict[str, tuple[Callable[..., Task], Callable[[], list[str]] | None]] = {}
+
+
+def register_task(name: str, list_members: Callable[[], list[str]] | None = None):
+    """Decorator registering `factory(**kwargs) -> Task` under `name`.
+
+    For a family name "prefix/*", the factory is called as factory(member, **kwargs) and
+    `list_members()` (optional) names the members, for available_tasks() and suggestions.
+    """
+
+    def deco(factory):
+        if name.endswith("/*"):
+            _FAMILIES[name[:-1]] = (factory, list_members)
+        else:
+            _TASKS[name] = factory
+        return factory
+
+    return deco
+
+
+def _family_members(prefix: str) -> list[str]:
+    lister = _FAMILIES[prefix][1]
+    try:
+        return [prefix + m for m in lister()] if lister else []
+    except ImportError:  # family's data package missing: list nothing rather than fail
+        return []
+
+
+def available_tasks(include_families: bool = True) -> list[str]:
+    """Registered task names, plus every family member (e.g. all "rg/<generator>") if asked."""
+    names = set(_TASKS)
+    if include_families:
+        for prefix in _FAMILIES:
+            names.update(_family_members(prefix))
+    return sorted(names)
+
+
+def get_task(name: str, **kwargs) -> Task:
+    if name in _TASKS:
+        return _TASKS[name](**kwargs)
+    for prefix, (factory, _) in _FAMILIES.items():
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return factory(name[len(prefix):], **kwargs)
+    # Suggest among everything, but list only the fixed names plus family patterns (short message).
+    shown = sorted(_TASKS) + [p + "<name>" for p in sorted(_FAMILIES)]
+    raise UnknownTaskError(name, available_tasks(), shown=shown)

@@ -1,0 +1,95 @@
+"""Answer-matching helpers shared by tasks, plus lm-evaluation-harness style choice accuracy."""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from typing import Sequence
+
+# A number: optional sign (not when glued to a word/digit, so "5-3" yields 3), then either
+# comma-grouped thousands ("1,234") or plain digits, with an optional decimal part.
+_NUMBER = re.compile(r"(?:(?<![\w.])-)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|(?:(?<![\w.])-)?\.\d+")
+
+
+def extract_number(text: str) -> str | None:
+    """Last number in `text`, commas removed ("The answer is 1,234." -> "1234"), or None."""
+    found = _NUMBER.findall(text or "")
+    if not found:
+        return None
+    num = found[-1].replace(",", "")
+    return "-0" + num[1:] if num.startswith("-.") else ("0" + num if num.startswith(".") else num)
+
+
+def _to_float(s: str) -> float | None:
+    try:
+        return float(s.replace(",", "").strip())
+    except ValueError:
+        return None
+
+
+def numeric_match(generated: str, gold: str, rel_tol: float = 1e-6) -> bool:
+    """Does the last number in the generation equal the gold number ("18.00" == "18")?"""
+    pred, want = extract_number(generated), _to_float(str(gold))
+    if pred is None or want is None:
+        return False
+    return math.isclose(float(pred), want, rel_tol=rel_tol, abs_tol=1e-9)
+
+
+def normalize_answer(s: str) -> str:
+    """SQuAD / lm-eval normalisation: lowercase, drop punctuation and articles, squeeze spaces."""
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in set(string.punctuation))
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
+def exact_match(generated: str, gold: str) -> bool:
+    return normalize_answer(generated) == normalize_answer(gold)
+
+
+def first_line(text: str) -> str:
+    """First non-empty line, stripped: models often add explanations after the answer."""
+    for line in (text or "").strip().splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def earliest_match(text: str, candidates: dict[str, list[str]], case_sensitive: set[str] = frozenset()) -> str | None:
+    """Key of the candidate whose alias occurs first in `text` (whole-word match), or None.
+
+    Aliases in `case_sensitive` (e.g. "US") are matched as written, others ignoring case.
+    """
+    best: tuple[int, int, str] | None = None
+    for key, aliases in candidates.items():
+        for alias in aliases:
+            flags = 0 if alias in case_sensitive else re.IGNORECASE
+            m = re.search(r"(?<!\w)" + re.escape(alias) + r"(?!\w)", text, flags)
+            # ties at the same position go to the longer alias ("South Africa" over "South")
+            if m and (best is None or (m.start(), -len(alias)) < (best[0], best[1])):
+                best = (m.start(), -len(alias), key)
+    return best[2] if best else None
+
+
+def choice_accuracy(choice_logprobs: Sequence[float], choice_lengths: Sequence[int | str], answer_index: int) -> dict:
+    """lm-evaluation-harness multiple-choice metrics for one question.
+
+    acc: argmax of the summed log-likelihood of each choice.
+    acc_norm: argmax of log-likelihood / len(choice continuation in characters), as lm-eval
+    does. To mirror lm-eval exactly, pass the continuation strings you scored (including
+    the leading space, e.g. " Paris") or their lengths.
+    """
+    if len(choice_logprobs) != len(choice_lengths) or not choice_logprobs:
+        raise ValueError(f"need one length per choice, got {len(choice_logprobs)} log-probs and {len(choice_lengths)} lengths")
+    if not 0 <= answer_index < len(choice_logprobs):
+        raise ValueError(f"answer_index {answer_index} out of range for {len(choice_logprobs)} choices")
+    lengths = [len(x) if isinstance(x, str) else int(x) for x in choice_lengths]
+    if min(lengths) <= 0:
+        raise ValueError("choice lengths must be positive")
+    normed = [lp / n for lp, n in zip(choice_logprobs, lengths)]
+    # max(range, key) returns the first maximum, like numpy.argmax used by lm-eval
+    pred = max(range(len(choice_logprobs)), key=lambda i: choice_logprobs[i])
+    pred_norm = max(range(len(normed)), key=lambda i: normed[i])
+    return {"acc": float(pred == answer_index), "acc_norm": float(pred_norm == answer_index),
+            "pred": pred, "pred_norm": pred_norm}

@@ -1,0 +1,85 @@
+"""Load a model by zoo name, Hugging Face id or local directory."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from ..errors import UnknownModelError, suggest
+from .cache import ensure_cached, entry_cache_dir, read_marker
+from .loaded import LoadedModel
+from .zoo import ZOO, ZooEntry
+
+_LOADED: dict[tuple[str, str], LoadedModel] = {}
+
+
+def load_model(name: str, dtype: torch.dtype = torch.float32, reuse: bool = True) -> LoadedModel:
+    """Load ``name``: a zoo name (``smollm2-135m``), a local directory, or a hub id.
+
+    Loaded models are kept per process (``reuse=False`` forces a fresh copy).
+    """
+    key = (name, str(dtype))
+    if reuse and key in _LOADED:
+        return _LOADED[key]
+    if name in ZOO:
+        directory, marker = ensure_cached(ZOO[name])
+        model = _from_directory(name, directory, dtype, marker["sha256"], f"{ZOO[name].gguf_name} (cached)")
+    elif Path(name).is_dir():
+        model = _from_directory(name, Path(name), dtype, None, f"local directory {name}")
+    elif "/" in name:
+        model = _from_directory(name, name, dtype, None, f"hub {name}")
+    else:
+        raise UnknownModelError(
+            f"unknown model {name!r}.{suggest(name, list(ZOO))} Known names: {', '.join(ZOO)}; "
+            "or pass a Hugging Face id (org/name) or a local directory."
+        )
+    if reuse:
+        _LOADED[key] = model
+    return model
+
+
+def _from_directory(name: str, where, dtype, sha256: str | None, source: str) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)  # trust_remote_code stays off
+    hf.eval()
+    tokenizer = AutoTokenizer.from_pretrained(where)
+    return wrap_model(name, hf, tokenizer, sha256=sha256, source=source)
+
+
+def wrap_model(name: str, hf, tokenizer, sha256: str | None = None, source: str = "in memory") -> LoadedModel:
+    """Make a LoadedModel from an already built transformers model (e.g. a tiny test model)."""
+    config = hf.config
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return LoadedModel(
+        name=name, hf=hf.eval(), tokenizer=tokenizer, family=text_config.model_type,
+        n_layers=text_config.num_hidden_layers, d_model=text_config.hidden_size,
+        vocab_size=text_config.vocab_size, weight_sha256=sha256 or state_dict_sha256(hf), source=source,
+    )
+
+
+def state_dict_sha256(model) -> str:
+    """Hash of the parameters themselves, for models that do not come from a verified file."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def model_table() -> list[dict]:
+    """One row per zoo model: installed? cached? (for `interventions models`)."""
+    rows = []
+    for entry in ZOO.values():
+        marker = read_marker(entry_cache_dir(entry))
+        rows.append({"name": entry.name, "family": entry.family, "hub_id": entry.hub_id,
+                     "installed": entry.installed(), "cached": marker is not None,
+                     "optional": entry.optional, "install": entry.install, "notes": entry.notes,
+                     "cache_dir": str(entry_cache_dir(entry))})
+    return rows
+
+
+def zoo_entries() -> list[ZooEntry]:
+    return list(ZOO.values())

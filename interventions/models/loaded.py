@@ -1,0 +1,75 @@
+"""A loaded model plus the facts interventions need about it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import LayerOutOfRangeError
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    name: str
+    hf: Any                 # transformers PreTrainedModel, never modified in place
+    tokenizer: Any
+    family: str             # config.model_type, e.g. "llama", "gemma3_text", "qwen2"
+    n_layers: int
+    d_model: int
+    vocab_size: int
+    weight_sha256: str
+    source: str             # where the weights came from
+    wrappers: dict = field(default_factory=dict, repr=False)  # per-backend cached wrappers
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def facts(self) -> dict:
+        return {"name": self.name, "family": self.family, "n_layers": self.n_layers,
+                "d_model": self.d_model, "vocab_size": self.vocab_size,
+                "chat_template": self.has_chat_template, "weight_sha256": self.weight_sha256,
+                "source": self.source}
+
+    def resolve_layer(self, layer: int | float) -> int:
+        """Block index for an int (negative counts from the end) or a relative depth in [0, 1]."""
+        n = self.n_layers
+        valid = (f"valid: 0..{n - 1} (output of block l, 0-based), -{n}..-1 counting from the end, "
+                 "or a relative depth 0.0..1.0")
+        if isinstance(layer, bool):
+            raise LayerOutOfRangeError(f"layer must be an int or a float depth, got {layer!r}; {valid}")
+        if isinstance(layer, float):
+            if not 0.0 <= layer <= 1.0:
+                raise LayerOutOfRangeError(f"relative depth {layer} outside 0.0..1.0 for {self.name}; {valid}")
+            return round(layer * (n - 1))
+        if not -n <= layer < n:
+            raise LayerOutOfRangeError(f"layer {layer} out of range for {self.name} ({n} blocks); {valid}")
+        return layer % n
+
+    def format_prompt(self, text: str, chat: bool | None = None) -> str:
+        """Wrap ``text`` as one user turn when the model has a chat template (and chat is not False)."""
+        use_chat = self.has_chat_template if chat is None else chat
+        if not use_chat:
+            return text
+        messages = [{"role": "user", "content": text}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def encode(self, prompts: list[str] | str, add_special_tokens: bool | None = None) -> dict:
+        """Left-padded batch, so position -1 is every row's last real token."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        tok = self.tokenizer
+        tok.padding_side = "left"
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        if add_special_tokens is None:
+            # a chat-formatted prompt already carries its special tokens
+            add_special_tokens = True
+        batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    @torch.inference_mode()
+    def hf_forward(self, input_ids, attention_mask=None) -> torch.Tensor:
+        return self.hf(input_ids=input_ids, attention_mask=attention_mask).logits
