@@ -1,0 +1,119 @@
+"""Bridging two activation spaces: an explicit error, AC's trailing rule, or a fitted linear map.
+
+The linear map is least squares from A's block-k to B's block-j last-token residuals over a
+sentence corpus (as in Ramesh & Li, 2025), with a held-out R² so users can judge whether a
+graft through it can carry anything. Activations for every block are cached once per
+(model weights, corpus), so any (k, j) map is a cheap solve afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from . import corpus
+from .errors import WidthMismatchError
+from .models.cache import cache_root
+from .models.loaded import LoadedModel
+
+HELD_OUT_FRACTION = 0.1
+
+
+@dataclass
+class LinearMap:
+    weight: torch.Tensor      # (d_source, d_target)
+    bias: torch.Tensor        # (d_target,)
+    r2_heldout: float         # 1 - SSE/SST on held-out sentences, pooled over dimensions
+    fingerprint: str
+    n_train: int
+    n_heldout: int
+
+    def __call__(self, acts: torch.Tensor) -> torch.Tensor:
+        return acts.to(self.weight.dtype) @ self.weight + self.bias
+
+    def describe(self) -> dict:
+        return {"fingerprint": self.fingerprint, "r2_heldout": round(self.r2_heldout, 4),
+                "n_train": self.n_train, "n_heldout": self.n_heldout,
+                "shape": list(self.weight.shape)}
+
+
+def corpus_activations(model: LoadedModel, texts: list[str], batch_size: int = 32) -> torch.Tensor:
+    """Last-token residual after every block: (n_texts, n_layers, d_model), cached on disk."""
+    path = cache_root() / "activations" / f"{model.name.replace('/', '_')}-{model.weight_sha256[:12]}-{corpus.fingerprint(texts)}.pt"
+    if path.exists():
+        return torch.load(path)
+    from .backends.torch_hooks import TorchHooksBackend
+    from .sites import ResolvedSite
+
+    backend = TorchHooksBackend()
+    chunks = []
+    # sort by length so batches carry little padding; restore the order afterwards
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for start in tqdm(range(0, len(texts), batch_size), desc=f"corpus activations {model.name}"):
+        batch = model.encode([texts[i] for i in order[start:start + batch_size]])
+        last = torch.full((batch["input_ids"].shape[0], 1), batch["input_ids"].shape[1] - 1)
+        sites = [ResolvedSite(layer, "resid_post", last) for layer in range(model.n_layers)]
+        out = backend.forward(model, batch, captures=sites, stop_after_captures=True)
+        chunks.append(torch.cat(out.captures, dim=1))
+    acts = torch.empty(len(texts), model.n_layers, model.d_model)
+    acts[torch.tensor(order)] = torch.cat(chunks)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(acts, path)
+    return acts
+
+
+def fit_linear_map(source: LoadedModel, source_layer: int, target: LoadedModel, target_layer: int,
+                   n_sentences: int = 3000, seed: int = 0, ridge: float = 1e-3) -> LinearMap:
+    """Least-squares map from source block ``source_layer`` to target block ``target_layer``."""
+    source_layer, target_layer = source.resolve_layer(source_layer), target.resolve_layer(target_layer)
+    texts = corpus.sentences(n_sentences, seed)
+    fingerprint = (f"{source.weight_sha256[:12]}-L{source_layer}-to-{target.weight_sha256[:12]}-L{target_layer}"
+                   f"-{corpus.fingerprint(texts)}-r{ridge:g}")
+    path = cache_root() / "maps" / f"{fingerprint}.pt"
+    if path.exists():
+        saved = torch.load(path)
+        return LinearMap(**saved)
+    x = corpus_activations(source, texts)[:, source_layer]
+    y = corpus_activations(target, texts)[:, target_layer]
+    n_heldout = max(1, int(len(texts) * HELD_OUT_FRACTION))
+    perm = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed))
+    test, train = perm[:n_heldout], perm[n_heldout:]
+    weight, bias = _ridge_solve(x[train].double(), y[train].double(), ridge)
+    pred = x[test].double() @ weight + bias
+    y_test = y[test].double()
+    r2 = 1 - ((pred - y_test) ** 2).sum() / ((y_test - y_test.mean(0)) ** 2).sum()
+    fitted = LinearMap(weight.float(), bias.float(), float(r2), fingerprint, len(train), n_heldout)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: getattr(fitted, k) for k in ("weight", "bias", "r2_heldout", "fingerprint",
+                                                 "n_train", "n_heldout")}, path)
+    (path.with_suffix(".json")).write_text(json.dumps(fitted.describe(), indent=2))
+    return fitted
+
+
+def _ridge_solve(x: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centered ridge regression; ``ridge`` is relative to the mean feature variance."""
+    x_mean, y_mean = x.mean(0), y.mean(0)
+    xc, yc = x - x_mean, y - y_mean
+    gram = xc.T @ xc
+    penalty = ridge * gram.diagonal().mean()
+    weight = torch.linalg.solve(gram + penalty * torch.eye(gram.shape[0], dtype=x.dtype), xc.T @ yc)
+    return weight, y_mean - x_mean @ weight
+
+
+def width_mismatch(d_source: int, d_target: int) -> WidthMismatchError:
+    return WidthMismatchError(
+        f"source width {d_source} differs from target width {d_target}. Fit a map with "
+        "Align(kind='linear') (least squares over a sentence corpus; see fit_linear_map), or "
+        "opt into AC's rule of combining only the trailing coordinates with Align(kind='trailing')."
+    )
+
+
+def combine_trailing(combine, target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """AC's rule for different widths: combine the trailing min(d_s, d_t) coordinates only."""
+    width = min(target.shape[-1], source.shape[-1])
+    out = target.clone()
+    out[..., -width:] = combine(target[..., -width:], source[..., -width:])
+    return out
