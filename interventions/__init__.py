@@ -4,6 +4,11 @@ Interventions are data (``Site``, ``Capture``, ``Splice``, ``Steer``); ``run`` e
 loaded models with the TransformerLens or nnsight backend.
 """
 
+import os
+
+# Offline first: nothing reaches a hub unless the user sets HF_HUB_OFFLINE=0 for a hub model.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 from .alignment import LinearMap, fit_linear_map
 from .backends import BACKENDS, get_backend
 from .combine import COMBINES, register_combine

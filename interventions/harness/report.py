@@ -1,0 +1,292 @@
+"""Summaries, paired comparisons, markdown tables and plots from per-(protocol, item) result rows."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from .stats import paired_bootstrap_diff, wilson_interval
+
+
+# ---------------------------------------------------------------- grouping helpers
+
+def model_pair(row: dict) -> str:
+    """Readable model identity of a row, e.g. "A=llama-1b, B=llama-3b" (roles sorted)."""
+    models = row.get("models") or {}
+    return ", ".join(f"{role}={(m or {}).get('name', '?')}" for role, m in sorted(models.items()))
+
+
+def _mean(values):
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return sum(values) / len(values) if values else None
+
+
+def _groups(rows, key):
+    """Ordered grouping (first-seen order), so tables follow the order the rows were produced in."""
+    out: dict = {}
+    for r in rows:
+        out.setdefault(key(r), []).append(r)
+    return out
+
+
+def _common_params(rows) -> dict:
+    """Params shared by every row of a group (k, j, family, chance, ...)."""
+    first = dict((rows[0].get("params") or {}))
+    return {k: v for k, v in first.items() if all((r.get("params") or {}).get(k) == v for r in rows[1:])}
+
+
+# ---------------------------------------------------------------- summaries
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """One entry per (task, protocol, model pair): accuracy with Wilson CI and mean cost per item."""
+    out = []
+    for (task, protocol, pair), grp in _groups(rows, lambda r: (r["task"], r["protocol"], model_pair(r))).items():
+        n = len(grp)
+        scores = [float(r["score"]) for r in grp]
+        low, high = wilson_interval(sum(scores), n)
+        comps = [r.get("compute") or {} for r in grp]
+        roles = sorted({role for c in comps for role in (c.get("tokens") or {})})
+        tokens_by_role = {role: _mean([(c.get("tokens") or {}).get(role, 0) for c in comps]) for role in roles}
+        norms = [r.get("score_norm") for r in grp if r.get("score_norm") is not None]
+        out.append({
+            "task": task, "protocol": protocol, "model_pair": pair,
+            "models": {role: (m or {}).get("name") for role, m in (grp[0].get("models") or {}).items()},
+            "n": n, "acc": sum(scores) / n, "ci_low": low, "ci_high": high,
+            "acc_norm": _mean(norms), "n_norm": len(norms),
+            "flops_per_item": _mean([c.get("flops") for c in comps]),
+            "tokens_per_item": sum(tokens_by_role.values()) if roles else None,
+            "tokens_per_item_by_role": tokens_by_role,
+            "wall_s_per_item": _mean([c.get("wall_s") for c in comps]),
+            "params": _common_params(grp),
+        })
+    return out
+
+
+def paired_differences(rows: list[dict], baseline_protocol: str | dict | None, n_boot: int = 10000,
+                       seed: int = 0) -> list[dict]:
+    """Per task: each (protocol, model pair) minus the baseline on the item ids both have.
+
+    ``baseline_protocol`` is one name, a {task: name} dict, or None (first protocol seen per task).
+    The baseline's rows with the same model pair are used when they exist, else all its rows in the
+    task (a single-model baseline vs a two-model protocol). Repeated rows of one item (seeds) are
+    averaged per item before pairing, so the bootstrap resamples items, not seeds.
+    """
+    out = []
+    for task, trows in _groups(rows, lambda r: r["task"]).items():
+        base_name = _baseline_for(task, trows, baseline_protocol)
+        base_rows = [r for r in trows if r["protocol"] == base_name]
+        if not base_rows:
+            continue
+        for (protocol, pair), grp in _groups(trows, lambda r: (r["protocol"], model_pair(r))).items():
+            same_pair = [r for r in base_rows if model_pair(r) == pair]
+            if protocol == base_name and same_pair:
+                continue  # the baseline against itself
+            base = _per_item(same_pair or base_rows)
+            mine = _per_item(grp)
+            shared = [i for i in mine if i in base]
+            if not shared:
+                continue
+            res = paired_bootstrap_diff([mine[i] for i in shared], [base[i] for i in shared],
+                                        n_boot=n_boot, seed=seed)
+            out.append({"task": task, "protocol": protocol, "model_pair": pair, "baseline": base_name,
+                        "n_shared": len(shared), "acc": _mean([mine[i] for i in shared]),
+                        "baseline_acc": _mean([base[i] for i in shared]), **res})
+    return out
+
+
+def _baseline_for(task, trows, baseline_protocol):
+    if isinstance(baseline_protocol, dict):
+        return baseline_protocol.get(task)
+    return baseline_protocol if baseline_protocol is not None else trows[0]["protocol"]
+
+
+def _per_item(rows) -> dict:
+    by_item = defaultdict(list)
+    for r in rows:
+        by_item[str(r["item_id"])].append(float(r["score"]))
+    return {i: sum(v) / len(v) for i, v in by_item.items()}
+
+
+# ---------------------------------------------------------------- markdown
+
+def _fmt(x, spec=".3f"):
+    return "–" if x is None else format(x, spec)
+
+
+def _summary_md(summary) -> list[str]:
+    lines = []
+    for task, entries in _groups(summary, lambda s: s["task"]).items():
+        many_pairs = len({e["model_pair"] for e in entries}) > 1  # show models only when they differ
+        lines += [f"## {task}", ""]
+        head = ["protocol"] + (["models"] if many_pairs else []) + [
+            "n", "acc [95% CI]", "acc_norm", "FLOPs/item", "tokens/item", "wall s/item"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for e in entries:
+            cells = [e["protocol"]] + ([e["model_pair"]] if many_pairs else []) + [
+                str(e["n"]), f"{e['acc']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}]", _fmt(e["acc_norm"]),
+                _fmt(e["flops_per_item"], ".2e"), _fmt(e["tokens_per_item"], ".1f"),
+                _fmt(e["wall_s_per_item"], ".3f")]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def _paired_md(diffs) -> list[str]:
+    lines = ["## Paired differences (protocol − baseline, shared items, bootstrap 95% CI)", ""]
+    if not diffs:
+        return lines + ["No protocol shares items with a baseline.", ""]
+    lines += ["| task | protocol | models | baseline | n shared | acc | baseline acc | Δ [95% CI] | p |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for d in diffs:
+        lines.append(f"| {d['task']} | {d['protocol']} | {d['model_pair']} | {d['baseline']} | {d['n_shared']} | "
+                     f"{d['acc']:.3f} | {d['baseline_acc']:.3f} | "
+                     f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] | {d['p_value_two_sided']:.4f} |")
+    return lines + [""]
+
+
+# ---------------------------------------------------------------- plots
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(s)).strip("_") or "x"
+
+
+def _family(row: dict) -> str:
+    """params["family"], else the protocol name with its _k<n>/_j<n> parts removed."""
+    fam = (row.get("params") or {}).get("family")
+    return str(fam) if fam else re.sub(r"_[kj]-?\d+", "", row["protocol"])
+
+
+def _plot_accuracy(plt, task, entries, out_dir) -> Path:
+    many_pairs = len({e["model_pair"] for e in entries}) > 1
+    labels = [e["protocol"] + (f"\n{e['model_pair']}" if many_pairs else "") for e in entries]
+    accs = [e["acc"] for e in entries]
+    yerr = [[a - e["ci_low"] for a, e in zip(accs, entries)], [e["ci_high"] - a for a, e in zip(accs, entries)]]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(entries) + 2), 4.5))
+    ax.bar(range(len(entries)), accs, yerr=yerr, capsize=4, color="tab:blue", alpha=0.8)
+    chance = next((e["params"].get("chance") for e in entries if e["params"].get("chance") is not None), None)
+    if chance is not None:
+        ax.axhline(float(chance), ls="--", color="gray", label=f"chance ({float(chance):.2f})")
+        ax.legend(loc="upper right")
+    ax.set_xticks(range(len(entries)))
+    ax.set_xticklabels(labels, rotation=35, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("accuracy (Wilson 95% CI)")
+    ax.set_xlabel("protocol")
+    ns = sorted({e["n"] for e in entries})
+    ax.set_title(f"{task}: accuracy by protocol (n={ns[0]})" if len(ns) == 1 else f"{task}: accuracy by protocol")
+    fig.tight_layout()
+    path = out_dir / f"accuracy_{_slug(task)}.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _plot_acc_vs_flops(plt, summary, out_dir) -> Path | None:
+    tasks = _groups([s for s in summary if s["flops_per_item"]], lambda s: s["task"])
+    if not tasks:
+        return None  # log-x needs positive FLOPs
+    fig, axes = plt.subplots(1, len(tasks), figsize=(8.5 * len(tasks), 4.5), squeeze=False)
+    markers = "osD^v<>PX*hp"
+    for ax, (task, entries) in zip(axes[0], tasks.items()):
+        for i, e in enumerate(entries):
+            label = e["protocol"] + (f" ({e['model_pair']})" if len({x["model_pair"] for x in entries}) > 1 else "")
+            ax.errorbar(e["flops_per_item"], e["acc"], yerr=[[e["acc"] - e["ci_low"]], [e["ci_high"] - e["acc"]]],
+                        fmt=markers[i % len(markers)], capsize=3, label=label, color=f"C{i % 10}")
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("mean FLOPs per item (log scale)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{task}: accuracy vs compute")
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: k/j grids give many entries
+    fig.tight_layout()
+    path = out_dir / "acc_vs_flops.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _plot_kj_heatmaps(plt, rows, out_dir) -> list[Path]:
+    import numpy as np
+
+    kj = [r for r in rows if (r.get("params") or {}).get("k") is not None
+          and (r.get("params") or {}).get("j") is not None]
+    paths = []
+    for (task, fam), grp in _groups(kj, lambda r: (r["task"], _family(r))).items():
+        pairs = _groups(grp, model_pair)
+        for pair, prow in pairs.items():  # one heatmap per model pair; suffix only when there are several
+            ks = sorted({int(r["params"]["k"]) for r in prow})
+            js = sorted({int(r["params"]["j"]) for r in prow})
+            cells = defaultdict(list)
+            for r in prow:
+                cells[(int(r["params"]["k"]), int(r["params"]["j"]))].append(float(r["score"]))
+            grid = np.full((len(ks), len(js)), np.nan)
+            for (k, j), v in cells.items():
+                grid[ks.index(k), js.index(j)] = sum(v) / len(v)
+            fig, ax = plt.subplots(figsize=(max(4.5, 0.6 * len(js) + 3), max(3.5, 0.5 * len(ks) + 2)))
+            im = ax.imshow(np.ma.masked_invalid(grid), origin="lower", cmap="viridis", vmin=0, vmax=1, aspect="auto")
+            for (k, j), v in cells.items():
+                val = sum(v) / len(v)
+                ax.text(js.index(j), ks.index(k), f"{val:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if val < 0.6 else "black")
+            ax.set_xticks(range(len(js)), [str(j) for j in js])
+            ax.set_yticks(range(len(ks)), [str(k) for k in ks])
+            ax.set_xlabel("j (receiver B layer)")
+            ax.set_ylabel("k (sender A layer)")
+            ax.set_title(f"{task}: {fam} mean score over (k, j)" + (f"\n{pair}" if len(pairs) > 1 else ""), fontsize=10)
+            fig.colorbar(im, ax=ax, label="mean score")
+            fig.tight_layout()
+            suffix = f"_{_slug(pair)}" if len(pairs) > 1 else ""
+            path = out_dir / f"kj_heatmap_{_slug(task)}_{_slug(fam)}{suffix}.png"
+            fig.savefig(path, dpi=120)
+            plt.close(fig)
+            paths.append(path)
+    return paths
+
+
+# ---------------------------------------------------------------- entry point
+
+def _json_safe(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def write_report(rows: list[dict], out_dir, title: str, notes_md: str = "",
+                 baseline_protocol: str | dict | None = None) -> dict:
+    """Write summary.json, summary.md and PNG plots into ``out_dir``; return {"summary", "paired", "files"}."""
+    import matplotlib
+    matplotlib.use("Agg")  # headless: never needs a display
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarize(rows)
+    diffs = paired_differences(rows, baseline_protocol)
+
+    plots = [_plot_accuracy(plt, task, entries, out_dir)
+             for task, entries in _groups(summary, lambda s: s["task"]).items()]
+    plots.append(_plot_acc_vs_flops(plt, summary, out_dir))
+    plots += _plot_kj_heatmaps(plt, rows, out_dir)
+    plots = [p for p in plots if p is not None]
+
+    md = [f"# {title}", "", f"{len(rows)} result rows. Accuracy is the mean score; CIs are Wilson 95%. "
+          "FLOPs are analytic (Kaplan-style accounting), tokens are summed over model roles.", ""]
+    md += _summary_md(summary) + _paired_md(diffs)
+    md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    if notes_md:
+        md += [notes_md]
+    (out_dir / "summary.md").write_text("\n".join(md) + "\n")
+
+    payload = {"title": title, "n_rows": len(rows), "summary": summary, "paired_differences": diffs,
+               "plots": [p.name for p in plots]}
+    (out_dir / "summary.json").write_text(json.dumps(_json_safe(payload), indent=2, default=str))
+    files = [out_dir / "summary.json", out_dir / "summary.md", *plots]
+    return {"summary": summary, "paired": diffs, "files": files}

@@ -1,0 +1,64 @@
+"""Analytic FLOPs accounting."""
+
+import pytest
+
+from interventions.harness.compute import (Compute, ModelShape, decode_flops, decode_flops_no_cache,
+                                           prefill_flops)
+
+SHAPE = ModelShape(n_layers=2, d_model=4, n_params_nonembedding=100, vocab_size=10)
+
+
+def test_prefill_hand_computation():
+    # 3 tokens: dense 2*100 + unembed 2*4*10 = 280 each; causal attention 2*2*4*(1+2+3) = 96
+    assert prefill_flops(SHAPE, 3) == 3 * 280 + 96
+    assert prefill_flops(SHAPE, 3, include_unembed=False) == 3 * 200 + 96
+    # sender stopped after block 0: half the blocks' params and attention, no logits
+    assert prefill_flops(SHAPE, 3, upto_layer=0, include_unembed=False) == 3 * 100 + 2 * 1 * 4 * 6
+    # one token after 5 cached tokens attends to 6
+    assert prefill_flops(SHAPE, 1, past_tokens=5) == 280 + 2 * 2 * 4 * 6
+
+
+def test_upto_last_layer_is_full_forward():
+    assert prefill_flops(SHAPE, 7, upto_layer=SHAPE.n_layers - 1, include_unembed=True) == prefill_flops(SHAPE, 7)
+    assert prefill_flops(SHAPE, 7, upto_layer=0) < prefill_flops(SHAPE, 7)
+    with pytest.raises(ValueError):
+        prefill_flops(SHAPE, 3, upto_layer=2)
+
+
+def test_kv_cache_saves_compute():
+    assert decode_flops(SHAPE, 10, 1) == decode_flops_no_cache(SHAPE, 10, 1) == prefill_flops(SHAPE, 10)
+    assert decode_flops(SHAPE, 10, 5) < decode_flops_no_cache(SHAPE, 10, 5)
+    # with a cache, generation costs exactly one prefill over everything fed to the model
+    assert decode_flops(SHAPE, 10, 5) == pytest.approx(prefill_flops(SHAPE, 14))
+    assert decode_flops_no_cache(SHAPE, 10, 3) == sum(prefill_flops(SHAPE, n) for n in (10, 11, 12))
+
+
+def test_compute_accumulates_and_merges():
+    c = Compute()
+    f1 = c.add_prefill("A", SHAPE, 5, upto_layer=0)  # stopped sender: no unembed by default
+    assert f1 == prefill_flops(SHAPE, 5, upto_layer=0, include_unembed=False)
+    f2 = c.add_generation("B", SHAPE, 5, 3)
+    assert c.tokens == {"A": 5, "B": 8}
+    assert c.flops == f1 + f2
+    d = Compute(tokens={"B": 2}, flops=1.0, wall_s=0.5)
+    assert c.merge(d) is c and c.tokens == {"A": 5, "B": 10} and c.wall_s == 0.5
+    with c.timed():
+        pass
+    out = c.to_dict()
+    assert set(out) == {"tokens", "flops", "wall_s"} and out["wall_s"] >= 0.5
+    assert Compute.from_dict(out) == c
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_model_shape_from_tiny_llama(tied):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(hidden_size=64, num_hidden_layers=2, vocab_size=100, intermediate_size=128,
+                                   num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
+    model = transformers.LlamaForCausalLM(cfg)
+    d, ff, kv = 64, 128, 2 * (64 // 4)
+    per_layer = d * d + 2 * d * kv + d * d + 3 * d * ff + 2 * d  # q, k, v, o, gate/up/down, 2 RMSNorms
+    manual = 2 * per_layer + d                                   # + final norm; embeddings excluded
+    shape = ModelShape.from_hf(model)
+    assert shape == ModelShape(n_layers=2, d_model=64, n_params_nonembedding=manual, vocab_size=100)
+    total = sum(p.numel() for p in model.parameters())
+    assert total == manual + 100 * 64 * (1 if tied else 2)

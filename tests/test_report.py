@@ -1,0 +1,90 @@
+"""Summaries, paired differences and report files from hand-made result rows."""
+
+import json
+
+import pytest
+
+from interventions.harness.report import paired_differences, summarize, write_report
+from interventions.harness.stats import wilson_interval
+
+MODELS = {"A": {"name": "tiny-a", "sha256": "aa"}, "B": {"name": "tiny-b", "sha256": "bb"}}
+
+
+def row(protocol, item, score, task="t1", flops=100.0, tokens=(3, 4), wall=0.5, norm=None, **params):
+    return {"key": f"{task}/{protocol}/{item}", "experiment": "exp", "task": task, "item_id": str(item),
+            "protocol": protocol, "protocol_spec": {}, "models": MODELS, "seed": 0, "score": score,
+            "score_norm": norm, "prediction": "x", "gold": "y",
+            "compute": {"tokens": {"A": tokens[0], "B": tokens[1]}, "flops": flops, "wall_s": wall},
+            "params": {"k": None, "j": None, "chance": 0.25, **params}}
+
+
+def make_rows(with_kj=False):
+    rows = []
+    for i in range(20):  # baseline right on 5/20, "better" right on the same 5 plus 10 more
+        rows.append(row("B_alone", i, 1.0 if i < 5 else 0.0, flops=100.0, tokens=(0, 10), norm=0.5))
+        rows.append(row("nl_debate", i, 1.0 if i < 15 else 0.0, flops=1000.0, tokens=(10, 20), wall=2.0))
+    if with_kj:
+        for k in (1, 2):
+            for j in (1, 2, 3):
+                for i in range(4):
+                    rows.append(row(f"ac_replace_k{k}_j{j}", i, float(i < k + j - 1), flops=50.0,
+                                    k=k, j=j, family="ac_replace"))
+    return rows
+
+
+def test_summary_numbers():
+    s = {e["protocol"]: e for e in summarize(make_rows())}
+    base, nl = s["B_alone"], s["nl_debate"]
+    assert base["n"] == 20 and base["acc"] == pytest.approx(0.25)
+    assert (base["ci_low"], base["ci_high"]) == pytest.approx(wilson_interval(5, 20))
+    assert base["acc_norm"] == pytest.approx(0.5) and nl["acc_norm"] is None
+    assert nl["acc"] == pytest.approx(0.75)
+    assert nl["flops_per_item"] == 1000.0 and nl["tokens_per_item"] == 30 and nl["wall_s_per_item"] == 2.0
+    assert nl["tokens_per_item_by_role"] == {"A": 10, "B": 20}
+    assert base["model_pair"] == "A=tiny-a, B=tiny-b" and base["params"]["chance"] == 0.25
+
+
+def test_summary_splits_tasks_and_fractional_scores():
+    rows = [row("p", 0, 0.5, task="t1"), row("p", 1, 1.0, task="t1"), row("p", 0, 0.0, task="t2")]
+    s = {(e["task"], e["protocol"]): e for e in summarize(rows)}
+    assert s[("t1", "p")]["acc"] == pytest.approx(0.75) and s[("t1", "p")]["n"] == 2
+    assert s[("t2", "p")]["acc"] == 0.0
+
+
+def test_paired_difference_sign():
+    diffs = paired_differences(make_rows(), "B_alone", n_boot=2000)
+    assert len(diffs) == 1  # the baseline is not compared with itself
+    d = diffs[0]
+    assert d["protocol"] == "nl_debate" and d["n_shared"] == 20
+    assert d["diff"] == pytest.approx(0.5) and d["low"] > 0
+    rev = paired_differences(make_rows(), "nl_debate", n_boot=2000)[0]
+    assert rev["diff"] == pytest.approx(-0.5) and rev["high"] < 0
+
+
+def test_paired_uses_only_shared_items():
+    rows = make_rows() + [row("partial", i, 1.0) for i in range(5, 10)]  # items 5..9 only
+    d = {x["protocol"]: x for x in paired_differences(rows, "B_alone", n_boot=500)}["partial"]
+    assert d["n_shared"] == 5 and d["diff"] == pytest.approx(1.0)
+
+
+def test_write_report_files(tmp_path):
+    out = write_report(make_rows(), tmp_path, "Tiny report", notes_md="## Notes\nLead's interpretation.",
+                       baseline_protocol="B_alone")
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"summary.json", "summary.md", "accuracy_t1.png", "acc_vs_flops.png"} <= names
+    assert not any(n.startswith("kj_heatmap") for n in names)
+    md = (tmp_path / "summary.md").read_text()
+    assert md.startswith("# Tiny report")
+    assert "| B_alone | 20 | 0.250 [" in md and "nl_debate" in md and "+0.500" in md
+    assert md.rstrip().endswith("Lead's interpretation.")
+    data = json.loads((tmp_path / "summary.json").read_text())
+    assert len(data["summary"]) == 2 and data["paired_differences"][0]["baseline"] == "B_alone"
+    assert all(p.stat().st_size > 1000 for p in out["files"] if p.suffix == ".png")
+
+
+def test_heatmap_only_with_kj(tmp_path):
+    write_report(make_rows(with_kj=True), tmp_path, "With k/j", baseline_protocol="B_alone")
+    heat = sorted(p.name for p in tmp_path.glob("kj_heatmap_*.png"))
+    assert heat == ["kj_heatmap_t1_ac_replace.png"]
+    s = {e["protocol"]: e for e in summarize(make_rows(with_kj=True))}
+    assert s["ac_replace_k2_j3"]["acc"] == pytest.approx(1.0) and s["ac_replace_k1_j1"]["acc"] == pytest.approx(0.25)
