@@ -129,7 +129,7 @@ def _build(cls: type, data: Any, where: str):
         if key in _NESTED and cls is not Site:
             value = _build(_NESTED[key], value, f"{where}.{key}")
         elif key == "sites":
-            if not isinstance(value, list):
+            if not isinstance(value, (list, tuple)):
                 raise SpecFormatError(f"{where}.sites: expected a list of sites")
             value = tuple(_build(Site, v, f"{where}.sites[{i}]") for i, v in enumerate(value))
         values[key] = value
