@@ -105,16 +105,23 @@ def lens_logits(model: LoadedModel, resid: torch.Tensor) -> torch.Tensor:
     return logits.float()
 
 
-def logit_lens_topk(model: LoadedModel, residuals: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k ids and probabilities for residuals (n_rows, n_pos, d), one row at a time
-    (a full (rows, positions, vocab) tensor would be large for 256k-token vocabularies)."""
+def logit_lens_topk(model: LoadedModel, residuals: torch.Tensor, k: int,
+                    max_logits: int = 1 << 25) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k ids and probabilities, (..., k), for residuals (..., d).
+
+    All vectors go through the unembedding together (reading its weight once, not once per
+    layer), in chunks holding at most ``max_logits`` logits (vocabularies reach 256k tokens).
+    """
+    flat = residuals.reshape(-1, residuals.shape[-1])
+    chunk = max(1, max_logits // model.vocab_size)
     ids, probs = [], []
-    for resid in residuals:
-        p = torch.softmax(lens_logits(model, resid), dim=-1)
+    for start in range(0, flat.shape[0], chunk):
+        p = torch.softmax(lens_logits(model, flat[start:start + chunk]), dim=-1)
         top = torch.topk(p, k=min(k, p.shape[-1]), dim=-1)
         ids.append(top.indices)
         probs.append(top.values)
-    return torch.stack(ids), torch.stack(probs)
+    shape = (*residuals.shape[:-1], ids[0].shape[-1])
+    return torch.cat(ids).reshape(shape), torch.cat(probs).reshape(shape)
 
 
 def decode_each(tokenizer, ids) -> list[str]:

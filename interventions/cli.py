@@ -1,0 +1,134 @@
+"""The `interventions` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .backends import BACKENDS, DEFAULT_BACKEND
+
+
+def _cmd_models(args) -> None:
+    from .models import model_table
+
+    rows = model_table()
+    print(f"{'name':<20} {'family':<12} {'installed':<10} {'cached':<7} notes")
+    for row in rows:
+        print(f"{row['name']:<20} {row['family']:<12} {'yes' if row['installed'] else 'no':<10} "
+              f"{'yes' if row['cached'] else 'no':<7} {row['notes']}")
+        if not row["installed"]:
+            print(f"{'':<20} install: {row['install']}")
+    print("\nAny Hugging Face id (org/name, with HF_HUB_OFFLINE=0) or a local directory also works.")
+
+
+def _cmd_inspect(args) -> None:
+    from .inspection import inspect_to_dir
+
+    summary = inspect_to_dir(args.model, args.prompt, args.out, compare_prompt=args.compare_prompt,
+                             compare_model=args.compare_model, top_k=args.top_k, backend=args.backend)
+    print(json.dumps(summary, indent=2, default=str))
+
+
+def _cmd_demo(args) -> None:
+    from .demo import run_demo
+
+    result = run_demo(args.model, args.layer, args.backend)
+    facts = result["model"]
+    print(f"model {facts['name']} ({facts['n_layers']} blocks x {facts['d_model']}), backend {args.backend}")
+    print(f"A sees:  {result['sender']!r}\nB is asked: {result['receiver']!r}\n")
+    for label, answer in result["answers"].items():
+        print(f"  {label:<34} -> {answer!r}")
+
+
+def _cmd_bench(args) -> None:
+    if args.what == "overhead":
+        from .bench import bench_overhead
+
+        res = bench_overhead(args.model, n_tokens=args.tokens, repeats=args.repeats, cold=not args.no_cold)
+        for backend in ("transformer_lens", "nnsight"):
+            print(f"{backend} overhead ratio {res[f'{backend}_overhead_ratio']:.2f}")
+        print(f"plain HF forward {res['plain_hf_forward_s'] * 1000:.0f} ms over {res['n_tokens']} tokens "
+              f"(median of {args.repeats})")
+        print(f"warm load {res['warm_load_s']:.2f} s")
+        if "cold_load_s" in res:
+            print(f"cold load {res['cold_load_s']:.2f} s (GGUF dequantize + cache write)")
+    else:
+        from .harness.bench import bench_harness
+
+        bench_harness(args)
+
+
+def _cmd_run(args) -> None:
+    from .harness.runner import run_experiment_cli
+
+    run_experiment_cli(args)
+
+
+def _cmd_report(args) -> None:
+    from .harness.runner import report_cli
+
+    report_cli(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="interventions", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("models", help="list the named models and their install/cache state").set_defaults(fn=_cmd_models)
+
+    p = sub.add_parser("inspect", help="per-layer residual norms, logit lens and layer similarity")
+    p.add_argument("model")
+    p.add_argument("prompt")
+    p.add_argument("--out", required=True)
+    p.add_argument("--compare-prompt", default=None)
+    p.add_argument("--compare-model", default=None)
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--backend", choices=BACKENDS, default="torch")
+    p.set_defaults(fn=_cmd_inspect)
+
+    p = sub.add_parser("demo", help="one activation-communication splice between two SmolLM2 agents")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--layer", type=int, default=8)
+    p.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND)
+    p.set_defaults(fn=_cmd_demo)
+
+    p = sub.add_parser("bench", help="benchmarks that print measured ratios")
+    p.add_argument("what", choices=["overhead", "harness"])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--tokens", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--no-cold", action="store_true", help="skip the cold (GGUF) load timing")
+    p.add_argument("--items", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(fn=_cmd_bench)
+
+    p = sub.add_parser("run", help="run an experiment from the catalog (name or YAML path); resumes")
+    p.add_argument("experiment")
+    p.add_argument("--limit", type=int, default=None, help="at most this many items per task")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--out", default=None, help="output dir (default results/<experiment>/)")
+    p.add_argument("--backend", choices=BACKENDS, default=None)
+    p.set_defaults(fn=_cmd_run)
+
+    p = sub.add_parser("report", help="rebuild summary.md, summary.json and plots of an experiment")
+    p.add_argument("experiment")
+    p.add_argument("--out", default=None)
+    p.set_defaults(fn=_cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .errors import InterventionError
+
+    try:
+        args.fn(args)
+    except InterventionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
