@@ -119,6 +119,11 @@ def test_norms_match_hidden_states_of_the_model(model):
                                atol=1e-4, rtol=1e-5)
 
 
+def test_nnsight_backend_gives_the_same_residuals(llama):
+    ref, other = inspect_prompt(llama, PROMPT), inspect_prompt(llama, PROMPT, backend="nnsight")
+    torch.testing.assert_close(other.residuals, ref.residuals, atol=1e-5, rtol=0)
+
+
 def test_lens_settles_at():
     class Fake:
         top_ids = torch.tensor([[[5]], [[7]], [[3]], [[7]], [[7]]])

@@ -31,8 +31,8 @@ def _title(what: str, model: str, prompt: str) -> str:
 
 
 def _layer_ticks(ax, axis: str, layers: list[int]) -> None:
-    step = max(1, len(layers) // 32)
-    ticks = list(range(0, len(layers), step))
+    most = 32 if axis == "y" else 16  # horizontal labels need more room each
+    ticks = list(range(0, len(layers), max(1, -(-len(layers) // most))))
     getattr(ax, f"set_{axis}ticks")(ticks)
     getattr(ax, f"set_{axis}ticklabels")([str(layers[t]) for t in ticks])
 

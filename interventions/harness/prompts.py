@@ -1,0 +1,46 @@
+"""How each agent's prompt is built from a task item.
+
+Choice tasks are scored as lm-evaluation-harness does: the raw "Question: …\\nAnswer:"
+context, no chat template. Generation tasks use the chat template where the model has one,
+and a plain "…\\nAnswer:" ending for base models (Gemma-3-270M).
+"""
+
+from __future__ import annotations
+
+from ..models.loaded import LoadedModel
+from .tasks import Task, TaskItem
+
+
+def question_text(task: Task, item: TaskItem) -> str:
+    instruction = task.answer_instruction()
+    return f"{item.question} {instruction}".strip() if instruction and instruction not in item.question else item.question
+
+
+def answer_prompt(model: LoadedModel, task: Task, item: TaskItem, context: str = "", note: str = "") -> str:
+    """The answering agent's prompt; ``context`` is private information, ``note`` a message/debate turn."""
+    if task.scoring == "choice_loglik":
+        base = item.meta.get("prompt") or f"Question: {item.question}\nAnswer:"
+        prefix = "\n".join(p for p in (context, note) if p)
+        return f"{prefix}\n{base}" if prefix else base
+    text = "\n".join(p for p in (context, note, question_text(task, item)) if p)
+    return model.format_prompt(text) if model.has_chat_template else f"{text}\nAnswer:"
+
+
+def sender_prompt(model: LoadedModel, task: Task, item: TaskItem, sender_format: str = "raw") -> str:
+    """What A reads before its state is grafted: the private context, or the question itself.
+
+    ``raw`` ends on the content (e.g. the landmark), which is what carries information in AC;
+    ``chat`` wraps it in the chat template (its last token is then the assistant header).
+    """
+    text = item.context.rstrip(".") if task.info_split == "private_context" else (
+        item.meta.get("prompt") if task.scoring == "choice_loglik" and item.meta.get("prompt") else item.question)
+    return model.format_prompt(text) if sender_format == "chat" else text
+
+
+def message_prompt(model: LoadedModel, item: TaskItem) -> str:
+    text = (f"{item.context}\nIn one short sentence, tell your partner the most important fact above.")
+    return model.format_prompt(text) if model.has_chat_template else f"{text}\nMessage:"
+
+
+def debate_note(other_answer: str) -> str:
+    return f"Another agent answered: {other_answer.strip()}. Consider it, then give your own answer."

@@ -1,0 +1,126 @@
+"""Run an experiment as independent work items keyed by a content hash; resumable.
+
+A work item is (model pair, task, item, protocol, seed). Its key hashes the protocol spec,
+the models' weight hashes, the task, the item id and the seed, so re-running skips finished
+items, and a killed run loses at most the batch in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..backends import get_backend
+from ..models import load_model
+from .experiment import Experiment, load_experiment
+from .protocols import Context, Protocol, run_protocol
+from .store import append_rows, read_rows, repair
+from .tasks import get_task
+
+RESULTS_FILE = "results.jsonl"
+
+
+def work_key(protocol: Protocol, models: dict, task: str, item_id: str, seed: int) -> str:
+    blob = json.dumps({"protocol": protocol.to_dict(), "models": {r: m.weight_sha256 for r, m in models.items()},
+                       "task": task, "item": item_id, "seed": seed}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def applicable(protocol: Protocol, task) -> bool:
+    """Skyline and message need private information to pass on; on shared-question tasks
+    they would duplicate 'silent'."""
+    if protocol.kind in ("skyline", "nl_message"):
+        return task.info_split == "private_context"
+    return True
+
+
+def default_out(experiment: Experiment) -> Path:
+    return Path("results") / experiment.name
+
+
+def run_experiment(experiment: Experiment, out_dir: Path | None = None, limit: int | None = None,
+                   seed: int | None = None, backend: str | None = None, progress: bool = True) -> list[dict]:
+    out_dir = Path(out_dir) if out_dir else default_out(experiment)
+    seed = experiment.seed if seed is None else seed
+    backend_obj = get_backend(backend or experiment.backend)
+    path = out_dir / RESULTS_FILE
+    repair(path)
+    done = {row["key"] for row in read_rows(path)}
+    plan = []   # (pair, models, task, protocol, pending items)
+    for pair in experiment.pairs:
+        models = {role: load_model(name) for role, name in pair.items()}
+        for entry in experiment.tasks:
+            task = get_task(entry.name, **entry.options)
+            n = entry.n if limit is None else min(entry.n or limit, limit)
+            items = task.items(n, seed)
+            for protocol in experiment.protocols:
+                if not applicable(protocol, task):
+                    continue
+                pending = [it for it in items
+                           if work_key(protocol, models, task.name, it.id, seed) not in done]
+                if pending:
+                    plan.append((pair, models, task, protocol, pending))
+    total = sum(len(p[-1]) for p in plan)
+    bar = tqdm(total=total, desc=f"{experiment.name}", unit="item", disable=not progress)
+    contexts: dict = {}
+    for pair, models, task, protocol, pending in plan:
+        ctx_key = (tuple(sorted(pair.items())), task.name)
+        if ctx_key not in contexts:  # shared per (pair, task): sender cache and fitted maps
+            contexts = {ctx_key: Context(models, task, backend_obj, experiment.max_new_tokens)}
+        ctx = contexts[ctx_key]
+        for start in range(0, len(pending), experiment.batch_size):
+            batch = pending[start:start + experiment.batch_size]
+            bar.set_postfix_str(f"{task.name} {protocol.name}")
+            outcomes = run_protocol(protocol, ctx, batch)
+            rows = [_row(experiment, pair, models, task, protocol, it, outcome, seed)
+                    for it, outcome in zip(batch, outcomes)]
+            append_rows(path, rows)
+            bar.update(len(batch))
+    bar.close()
+    return read_rows(path)
+
+
+def _row(experiment, pair, models, task, protocol, item, outcome, seed) -> dict:
+    params = {"k": protocol.k, "j": protocol.j, "family": f"ac_{protocol.combine}" if protocol.kind == "ac" else None}
+    if task.scoring == "choice_loglik" and item.choices:
+        params["chance"] = 1 / len(item.choices)
+    return {
+        "key": work_key(protocol, models, task.name, item.id, seed),
+        "experiment": experiment.name, "task": task.name, "task_source": task.source, "item_id": item.id,
+        "protocol": protocol.name, "protocol_spec": protocol.to_dict(),
+        "models": {role: {"name": m.name, "sha256": m.weight_sha256} for role, m in models.items()},
+        "seed": seed, "score": outcome.score, "score_norm": outcome.score_norm,
+        "prediction": outcome.prediction, "gold": item.answer, "compute": outcome.compute.to_dict(),
+        "params": params, **({"extra": outcome.extra} if outcome.extra else {}),
+    }
+
+
+def report(experiment: Experiment, out_dir: Path | None = None) -> dict:
+    from .report import write_report
+
+    out_dir = Path(out_dir) if out_dir else default_out(experiment)
+    rows = read_rows(out_dir / RESULTS_FILE)
+    if not rows:
+        raise FileNotFoundError(f"no results in {out_dir / RESULTS_FILE}; run `interventions run {experiment.name}` first")
+    return write_report(rows, out_dir, f"{experiment.name}: {experiment.description}".strip(": "),
+                        notes_md=experiment.notes, baseline_protocol=experiment.baseline)
+
+
+def run_experiment_cli(args) -> None:
+    experiment = load_experiment(args.experiment)
+    rows = run_experiment(experiment, args.out, args.limit, args.seed, args.backend)
+    result = report(experiment, args.out)
+    out = Path(args.out) if args.out else default_out(experiment)
+    print(f"\n{len(rows)} rows in {out / RESULTS_FILE}; report in {out / 'summary.md'}\n")
+    text = (out / "summary.md").read_text()
+    print(text.split("## Plots")[0])
+
+
+def report_cli(args) -> None:
+    experiment = load_experiment(args.experiment)
+    result = report(experiment, args.out)
+    for path in result["files"]:
+        print(path)
