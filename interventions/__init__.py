@@ -17,7 +17,7 @@ from .errors import (CarrierMissingError, InterventionError, LayerOutOfRangeErro
                      UnknownModelError, UnknownSiteError, WeightHashMismatchError, WidthMismatchError)
 from .execute import Result, capture, run
 from .models import DEFAULT_MODEL, ZOO, LoadedModel, load_model, model_table, wrap_model
-from .spec import (SCHEMA_VERSION, Align, Capture, Site, Splice, Steer, from_dict, load_spec, save_spec,
+from .spec import (SCHEMA_VERSION, Align, Capture, Site, Splice, Steer, from_dict, from_text, load_spec, save_spec,
                    to_dict, to_json, to_yaml)
 
 load = load_model
@@ -29,5 +29,5 @@ __all__ = [
     "UnknownCombineError", "UnknownModelError", "UnknownSiteError", "WeightHashMismatchError",
     "WidthMismatchError", "ZOO", "capture", "fit_linear_map", "from_dict", "get_backend", "load",
     "load_model", "load_spec", "model_table", "register_combine", "run", "save_spec", "to_dict",
-    "to_json", "to_yaml", "wrap_model",
+    "to_json", "to_yaml", "wrap_model", "from_text",
 ]

@@ -15,6 +15,7 @@ from ..sites import Edit, ResolvedSite, apply_edit, decode_positions, gather
 class ForwardOutput:
     logits: torch.Tensor | None        # None when the forward stopped after the last capture
     captures: list[torch.Tensor]       # one (batch, n_pos, d) tensor per requested capture
+    cache: object = None               # past_key_values, when the batch asked for use_cache=True
 
 
 class StopForward(Exception):

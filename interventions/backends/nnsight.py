@@ -77,12 +77,16 @@ class NnsightBackend(Backend):
         stop = stop_after_captures and bool(captures)
         saved: dict = {}  # filled inside the trace body; lives outside it so it survives
         with torch.inference_mode():
-            with traced.trace(batch["input_ids"], attention_mask=batch["attention_mask"]) as tracer:
+            extra = {k: v for k, v in batch.items() if k != "input_ids"}
+            with traced.trace(batch["input_ids"], **extra) as tracer:
                 _run_ops(traced, model.hf, ops, saved)
                 if stop:
                     tracer.stop()
-                logits = traced.lm_head.output.save()
-        return ForwardOutput(None if stop else logits, [saved[i] for i in range(len(captures))])
+                output = traced.output.save()
+        if stop:
+            return ForwardOutput(None, [saved[i] for i in range(len(captures))])
+        cache = output.past_key_values if batch.get("use_cache") else None
+        return ForwardOutput(output.logits, [saved[i] for i in range(len(captures))], cache)
 
     def generate(self, model, batch, edits: list[Edit] = (), max_new_tokens: int = 20, **kwargs):
         traced = traced_for(model)

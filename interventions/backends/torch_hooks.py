@@ -58,13 +58,14 @@ class TorchHooksBackend(Backend):
     def forward(self, model, batch, captures: list[ResolvedSite] = (), edits: list[Edit] = (),
                 stop_after_captures: bool = False) -> ForwardOutput:
         state = CaptureState(captures, stop_after_captures and bool(captures))
-        logits = None
+        logits = cache = None
         with installed_hooks(model.hf, state, list(edits)):
             try:
-                logits = model.hf(**batch).logits
+                out = model.hf(**batch)
+                logits, cache = out.logits, getattr(out, "past_key_values", None)
             except StopForward:
                 pass
-        return ForwardOutput(logits, state.values)
+        return ForwardOutput(logits, state.values, cache if batch.get("use_cache") else None)
 
     @torch.inference_mode()
     def generate(self, model, batch, edits: list[Edit] = (), max_new_tokens: int = 20, **kwargs):

@@ -48,13 +48,14 @@ class TransformerLensBackend(Backend):
                 stop_after_captures: bool = False) -> ForwardOutput:
         bridge, hf = bridge_for(model)
         state = CaptureState(captures, stop_after_captures and bool(captures))
-        logits = None
+        logits = cache = None
         with bridge.hooks(fwd_hooks=_hooks(state, list(edits))):
             try:
-                logits = hf(**batch).logits
+                out = hf(**batch)
+                logits, cache = out.logits, getattr(out, "past_key_values", None)
             except StopForward:
                 pass
-        return ForwardOutput(logits, state.values)
+        return ForwardOutput(logits, state.values, cache if batch.get("use_cache") else None)
 
     @torch.inference_mode()
     def generate(self, model, batch, edits: list[Edit] = (), max_new_tokens: int = 20, **kwargs):

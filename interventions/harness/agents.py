@@ -81,36 +81,68 @@ class ChoiceScores:
 
 @torch.inference_mode()
 def choice_logliks(model: LoadedModel, contexts: list[str], choices: list[tuple[str, ...]], backend: Backend,
-                   injection: Injection | None = None) -> ChoiceScores:
-    """lm-evaluation-harness style: context and " choice" tokenized separately, then joined."""
+                   injection: Injection | None = None, items_per_forward: int = 8) -> ChoiceScores:
+    """lm-evaluation-harness style: context and " choice" tokenized separately, then joined.
+
+    Each context runs once (with the graft on its last token) and its KV cache is shared
+    by all of its choices, instead of re-reading the context once per choice.
+    """
     tok = model.tokenizer
-    rows, row_items, cont_lens = [], [], []
-    for item, (context, options) in enumerate(zip(contexts, choices)):
-        ctx = tok(context)["input_ids"]
-        for option in options:
-            cont = tok(" " + option, add_special_tokens=False)["input_ids"]
-            rows.append(ctx + cont)
-            row_items.append(item)
-            cont_lens.append(len(cont))
+    ctx_ids = [tok(c)["input_ids"] for c in contexts]
+    cont_ids = [[tok(" " + o, add_special_tokens=False)["input_ids"] for o in opts] for opts in choices]
+    logliks: list[list[float]] = []
+    tokens: list[int] = []
+    for start in range(0, len(contexts), items_per_forward):
+        stop = start + items_per_forward
+        sums = _chunk_logliks(model, ctx_ids[start:stop], cont_ids[start:stop], backend,
+                              injection, torch.arange(start, min(stop, len(contexts))))
+        logliks += sums
+    for ctx, conts in zip(ctx_ids, cont_ids):
+        tokens.append(len(ctx) + sum(len(c) for c in conts))
+    return ChoiceScores(logliks, tokens)
+
+
+def _left_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, row in enumerate(rows):
         ids[i, width - len(row):] = torch.tensor(row)
         mask[i, width - len(row):] = 1
-    edits = []
-    if injection is not None:
-        # the graft goes on each row's last context token, just before the choice
-        last_ctx = torch.tensor([[width - n - 1] for n in cont_lens])
-        edits.append(injection.edit(last_ctx, torch.tensor(row_items)))
-    logits = backend.forward(model, {"input_ids": ids, "attention_mask": mask}, edits=edits).logits
-    logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    targets = ids[:, 1:]
-    token_lp = logprobs.gather(-1, targets[..., None])[..., 0]
-    out: list[list[float]] = [[] for _ in contexts]
-    tokens = [0] * len(contexts)
-    for i, n in enumerate(cont_lens):
-        out[row_items[i]].append(float(token_lp[i, -n:].sum()))
-        tokens[row_items[i]] += int(mask[i].sum())
-    return ChoiceScores(out, tokens)
+    return ids, mask
+
+
+def _chunk_logliks(model, ctx_ids, cont_ids, backend, injection, item_index) -> list[list[float]]:
+    tok = model.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    # pass 1: the contexts, grafted on their last token; keep the cache and the last logits
+    ids, mask = _left_padded(ctx_ids, pad)
+    edits = [] if injection is None else [injection.edit(resolve_positions(-1, mask), item_index)]
+    # padding-aware positions (as generate uses), passed explicitly so every backend agrees
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    first = backend.forward(model, {"input_ids": ids, "attention_mask": mask, "position_ids": positions,
+                                    "use_cache": True, "logits_to_keep": 1}, edits=edits)
+    first_lp = torch.log_softmax(first.logits[:, -1].float(), dim=-1)
+    # pass 2: every choice continues its context's cache (right-padded; pads come after)
+    rows = [(i, c) for i, conts in enumerate(cont_ids) for c in conts]
+    width = max(len(c) for _, c in rows)
+    cont = torch.full((len(rows), width), pad, dtype=torch.long)
+    cont_mask = torch.zeros_like(cont)
+    for r, (_, c) in enumerate(rows):
+        cont[r, :len(c)] = torch.tensor(c)
+        cont_mask[r, :len(c)] = 1
+    owner = torch.tensor([i for i, _ in rows])
+    cache = first.cache
+    cache.reorder_cache(owner)
+    # no intervention touches the continuations, so they run on the plain model
+    cont_positions = mask.sum(1)[owner, None] + torch.arange(width)
+    second = model.hf(input_ids=cont, attention_mask=torch.cat([mask[owner], cont_mask], 1),
+                      position_ids=cont_positions, past_key_values=cache, use_cache=True)
+    later_lp = torch.log_softmax(second.logits[:, :-1].float(), dim=-1)
+    out: list[list[float]] = [[] for _ in ctx_ids]
+    for r, (i, c) in enumerate(rows):
+        total = float(first_lp[i, c[0]])
+        if len(c) > 1:
+            total += float(later_lp[r, torch.arange(len(c) - 1), torch.tensor(c[1:])].sum())
+        out[i].append(total)
+    return out

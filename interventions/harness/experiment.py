@@ -19,7 +19,7 @@ class ExperimentFormatError(InterventionError, ValueError):
 TOP_KEYS = ("name", "description", "seed", "backend", "max_new_tokens", "batch_size", "pairs", "tasks",
             "protocols", "baseline", "notes")
 TASK_KEYS = ("name", "n", "options")
-PROTOCOL_KEYS = tuple(Protocol.__dataclass_fields__)
+PROTOCOL_KEYS = (*Protocol.__dataclass_fields__, "tasks")  # tasks: restrict an entry to some tasks
 
 
 @dataclass
@@ -35,6 +35,7 @@ class Experiment:
     pairs: list[dict[str, str]]
     tasks: list[TaskEntry]
     protocols: list[Protocol]
+    protocol_tasks: dict = field(default_factory=dict)   # Protocol -> task names it is limited to
     seed: int = 0
     backend: str = "torch"
     max_new_tokens: int = 16
@@ -55,6 +56,7 @@ def _check_keys(data: dict, allowed: tuple[str, ...], where: str) -> None:
 def expand_protocol(entry: dict, where: str) -> list[Protocol]:
     """Lists in a protocol entry (k: [4, 8], combine: [sum, mean]) expand to their product."""
     _check_keys(entry, PROTOCOL_KEYS, where)
+    entry = {k: v for k, v in entry.items() if k != "tasks"}
     keys = list(entry)
     values = [v if isinstance(v, list) else [v] for v in entry.values()]
     try:
@@ -97,12 +99,17 @@ def load_experiment(name_or_path: str) -> Experiment:
         entry = {"name": entry} if isinstance(entry, str) else entry
         _check_keys(entry, TASK_KEYS, f"{path}: tasks[{i}]")
         tasks.append(TaskEntry(**entry))
-    protocols = [p for i, entry in enumerate(data["protocols"])
-                 for p in expand_protocol(entry, f"{path}: protocols[{i}]")]
+    protocols, protocol_tasks = [], {}
+    for i, entry in enumerate(data["protocols"]):
+        for protocol in expand_protocol(entry, f"{path}: protocols[{i}]"):
+            protocols.append(protocol)
+            if "tasks" in entry:
+                protocol_tasks[protocol] = tuple(entry["tasks"])
     for i, pair in enumerate(data["pairs"]):
         _check_keys(pair, ("A", "B"), f"{path}: pairs[{i}]")
     return Experiment(
         name=data.get("name", path.stem), pairs=data["pairs"], tasks=tasks, protocols=protocols,
+        protocol_tasks=protocol_tasks,
         seed=data.get("seed", 0), backend=data.get("backend", "torch"),
         max_new_tokens=data.get("max_new_tokens", 16), batch_size=data.get("batch_size", 16),
         baseline=data.get("baseline"), description=data.get("description", ""), notes=data.get("notes", ""),

@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from ..alignment import fit_linear_map
+from ..alignment import fit_linear_map, width_mismatch
 from ..backends import Backend
 from ..errors import InterventionError, MissingRoleError, suggest
 from ..models.loaded import LoadedModel
@@ -35,7 +35,7 @@ class Protocol:
     k: int | float | None = None    # ac: sender block
     j: int | float | None = None    # ac: receiver block
     combine: str = "replace"        # ac: combine function name
-    align: str = "none"             # ac: none | trailing | linear
+    align: str = "none"             # ac: none | trailing | linear | auto (linear across models)
     sender_format: str = "raw"      # ac: raw | chat (see prompts.sender_prompt)
     rounds: int = 2                 # nl_debate
     message_tokens: int = 24        # nl_message
@@ -225,17 +225,19 @@ def run_ac(p: Protocol, ctx: Context, items: list[TaskItem]) -> list[Outcome]:
         n_tokens = len(sender.tokenizer(sender_prompt(sender, ctx.task, it, p.sender_format))["input_ids"])
         costs[it.id].add_prefill("A", ctx.shape("A"), n_tokens, upto_layer=k)
     vectors = torch.stack([ctx.sender_cache[(it.id, k, p.sender_format)] for it in items])
-    if p.align == "linear":
+    align = p.align
+    if align == "auto":  # a fitted map between different models, none within one model
+        align = "none" if sender.weight_sha256 == receiver.weight_sha256 else "linear"
+    if align == "linear":
         if (k, j) not in ctx.maps:
             ctx.maps[(k, j)] = fit_linear_map(sender, k, receiver, j)
         vectors = ctx.maps[(k, j)](vectors)
-    elif vectors.shape[-1] != receiver.d_model and p.align != "trailing":
-        from ..alignment import width_mismatch
+    elif vectors.shape[-1] != receiver.d_model and align != "trailing":
         raise width_mismatch(vectors.shape[-1], receiver.d_model)
     injection = agents.Injection(j, p.combine, vectors)
     prompts = [answer_prompt(receiver, ctx.task, it) for it in items]
     outcomes, _ = _answer(ctx, "B", prompts, items, injection)
-    if p.align == "linear":
+    if align == "linear":
         for outcome in outcomes:
             outcome.extra["map_r2_heldout"] = round(ctx.maps[(k, j)].r2_heldout, 4)
     return _merge_compute(outcomes, [costs[it.id] for it in items])

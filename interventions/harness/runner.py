@@ -57,7 +57,8 @@ def run_experiment(experiment: Experiment, out_dir: Path | None = None, limit: i
             n = entry.n if limit is None else min(entry.n or limit, limit)
             items = task.items(n, seed)
             for protocol in experiment.protocols:
-                if not applicable(protocol, task):
+                limited_to = experiment.protocol_tasks.get(protocol)
+                if not applicable(protocol, task) or (limited_to and entry.name not in limited_to):
                     continue
                 pending = [it for it in items
                            if work_key(protocol, models, task.name, it.id, seed) not in done]
