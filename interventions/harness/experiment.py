@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import InterventionError, suggest
-from .protocols import Protocol
+from .protocols import Protocol, UnknownProtocolError
 
 
 class ExperimentFormatError(InterventionError, ValueError):
@@ -61,7 +61,9 @@ def expand_protocol(entry: dict, where: str) -> list[Protocol]:
     values = [v if isinstance(v, list) else [v] for v in entry.values()]
     try:
         return [Protocol(**dict(zip(keys, combo))) for combo in itertools.product(*values)]
-    except (TypeError, KeyError) as error:
+    except UnknownProtocolError as error:
+        raise UnknownProtocolError(f"{where}: {error}") from None
+    except TypeError as error:
         raise ExperimentFormatError(f"{where}: {error}") from None
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..backends import get_backend
+from ..errors import MissingRoleError
 from ..models import load_model
 from .experiment import Experiment, load_experiment
 from .protocols import Context, Protocol, run_protocol
@@ -29,11 +30,13 @@ def work_key(protocol: Protocol, models: dict, task: str, item_id: str, seed: in
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def applicable(protocol: Protocol, task) -> bool:
+def applicable(protocol: Protocol, task, pair: dict) -> bool:
     """Skyline and message need private information to pass on; on shared-question tasks
-    they would duplicate 'silent'."""
+    they would duplicate 'silent'. With A = B, 'single_A' would duplicate 'single_B'."""
     if protocol.kind in ("skyline", "nl_message"):
         return task.info_split == "private_context"
+    if protocol.kind == "single" and protocol.role == "A":
+        return pair["A"] != pair["B"]
     return True
 
 
@@ -51,6 +54,10 @@ def run_experiment(experiment: Experiment, out_dir: Path | None = None, limit: i
     done = {row["key"] for row in read_rows(path)}
     plan = []   # (pair, models, task, protocol, pending items)
     for pair in experiment.pairs:
+        for protocol in experiment.protocols:
+            if protocol.needs_two_models and not {"A", "B"} <= set(pair):
+                raise MissingRoleError(f"protocol {protocol.name} needs two models (roles A and B); "
+                                       f"the pair {pair} gives {sorted(pair)}")
         models = {role: load_model(name) for role, name in pair.items()}
         for entry in experiment.tasks:
             task = get_task(entry.name, **entry.options)
@@ -58,7 +65,7 @@ def run_experiment(experiment: Experiment, out_dir: Path | None = None, limit: i
             items = task.items(n, seed)
             for protocol in experiment.protocols:
                 limited_to = experiment.protocol_tasks.get(protocol)
-                if not applicable(protocol, task) or (limited_to and entry.name not in limited_to):
+                if not applicable(protocol, task, pair) or (limited_to and entry.name not in limited_to):
                     continue
                 pending = [it for it in items
                            if work_key(protocol, models, task.name, it.id, seed) not in done]

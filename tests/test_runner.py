@@ -1,0 +1,107 @@
+"""The runner: work-item keys, resumption after a kill, and clear errors in experiment files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from interventions.errors import MissingRoleError
+from interventions.harness.experiment import ExperimentFormatError, load_experiment
+from interventions.harness.protocols import UnknownProtocolError
+from interventions.harness.runner import run_experiment
+from interventions.harness.store import read_rows
+from interventions.harness.tasks import UnknownTaskError
+from tiny_models import tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A tiny Llama saved as a local model directory, loadable by name like any user model."""
+    model = tiny_model("llama")
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    model.hf.save_pretrained(directory)
+    model.tokenizer.save_pretrained(directory)
+    return directory
+
+
+def write_experiment(path: Path, model_dir: Path, **overrides) -> Path:
+    data = {"name": "tiny", "seed": 0, "max_new_tokens": 4, "batch_size": 4,
+            "pairs": [{"A": str(model_dir), "B": str(model_dir)}],
+            "tasks": [{"name": "countries", "n": 24}],
+            "protocols": [{"kind": "silent"}, {"kind": "ac", "combine": ["sum", "replace"], "k": 1, "j": 2}]}
+    data.update(overrides)
+    path.write_text(json.dumps(data))  # JSON is YAML
+    return path
+
+
+def test_rerun_skips_finished_items(tmp_path, tiny_dir):
+    experiment = load_experiment(str(write_experiment(tmp_path / "e.yaml", tiny_dir)))
+    rows = run_experiment(experiment, tmp_path / "out", progress=False)
+    assert len(rows) == 24 * 3
+    assert len({r["key"] for r in rows}) == len(rows)
+    mtime = (tmp_path / "out" / "results.jsonl").stat().st_mtime_ns
+    again = run_experiment(experiment, tmp_path / "out", progress=False)
+    assert len(again) == len(rows)
+    assert (tmp_path / "out" / "results.jsonl").stat().st_mtime_ns == mtime  # nothing re-run
+    row = rows[-1]
+    assert row["protocol_spec"]["kind"] == "ac" and row["compute"]["flops"] > 0
+    assert set(row["compute"]["tokens"]) == {"A", "B"}
+
+
+def test_killed_run_resumes_without_loss_or_duplicates(tmp_path, tiny_dir):
+    spec = write_experiment(tmp_path / "e.yaml", tiny_dir, batch_size=2, tasks=[{"name": "countries", "n": 40}])
+    out = tmp_path / "out"
+    results = out / "results.jsonl"
+    command = [sys.executable, "-m", "interventions.cli", "run", str(spec), "--out", str(out)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not results.exists() or len(read_rows(results)) < 6):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = read_rows(results)
+    assert 6 <= len(partial) < 120, "the kill should land mid-run"
+    with open(results, "a") as handle:  # as if the kill tore a line in half
+        handle.write('{"key": "torn')
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows = read_rows(results)
+    keys = [r["key"] for r in rows]
+    assert len(keys) == 40 * 3 and len(set(keys)) == len(keys)
+    assert [r["key"] for r in rows[:len(partial)]] == [r["key"] for r in partial]  # finished work kept
+
+
+def test_typo_in_experiment_key_is_named(tmp_path, tiny_dir):
+    path = write_experiment(tmp_path / "e.yaml", tiny_dir, protocls=[])
+    with pytest.raises(ExperimentFormatError, match="'protocls'.*Did you mean 'protocols'"):
+        load_experiment(str(path))
+    path = write_experiment(tmp_path / "f.yaml", tiny_dir, protocols=[{"kind": "ac", "combin": "sum"}])
+    with pytest.raises(ExperimentFormatError, match=r"protocols\[0\].*'combin'"):
+        load_experiment(str(path))
+
+
+def test_unknown_protocol_and_task_list_known(tmp_path, tiny_dir):
+    path = write_experiment(tmp_path / "e.yaml", tiny_dir, protocols=[{"kind": "silnet"}])
+    with pytest.raises(UnknownProtocolError, match="Did you mean 'silent'"):
+        load_experiment(str(path))
+    path = write_experiment(tmp_path / "f.yaml", tiny_dir, tasks=[{"name": "countreis"}])
+    with pytest.raises(UnknownTaskError, match="countries"):
+        run_experiment(load_experiment(str(path)), tmp_path / "out", progress=False)
+
+
+def test_two_model_protocol_with_one_model(tmp_path, tiny_dir):
+    path = write_experiment(tmp_path / "e.yaml", tiny_dir, pairs=[{"B": str(tiny_dir)}])
+    with pytest.raises(MissingRoleError, match="needs two models"):
+        run_experiment(load_experiment(str(path)), tmp_path / "out", progress=False)
+
+
+def test_catalog_entries_parse():
+    for name in ("quickstart", "ac_coordination", "ac_reasoning"):
+        experiment = load_experiment(name)
+        assert experiment.protocols and experiment.tasks
