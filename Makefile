@@ -22,7 +22,7 @@ $(STAMP): $(BIN)/python pyproject.toml Makefile
 install: $(STAMP)
 
 run: install
-	$(BIN)/interventions run quickstart
+	$(BIN)/interventions run quickstart --out out/quickstart
 
 demo: install
 	$(BIN)/interventions demo

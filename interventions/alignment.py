@@ -128,6 +128,15 @@ def width_mismatch(d_source: int, d_target: int) -> WidthMismatchError:
     )
 
 
+def graft(combine, target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """``combine(target, source)``, by AC's trailing rule when the widths differ (callers
+    have already refused a mismatch the spec did not opt into)."""
+    source = source.to(target.dtype)
+    if source.shape[-1] != target.shape[-1]:
+        return combine_trailing(combine, target, source)
+    return combine(target, source)
+
+
 def combine_trailing(combine, target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     """AC's rule for different widths: combine the trailing min(d_s, d_t) coordinates only."""
     width = min(target.shape[-1], source.shape[-1])

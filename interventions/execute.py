@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .alignment import LinearMap, combine_trailing, fit_linear_map, width_mismatch
+from .alignment import LinearMap, fit_linear_map, graft, width_mismatch
 from .backends import DEFAULT_BACKEND, Backend, get_backend
 from .combine import get_combine
 from .errors import MissingRoleError
@@ -55,6 +55,11 @@ def capture(models, prompts, sites: list[Site], backend: str | Backend = DEFAULT
     return out
 
 
+def splice_map(splice: Splice, source: LoadedModel, target: LoadedModel) -> LinearMap:
+    return fit_linear_map(source, splice.source.layer, target, splice.target.layer,
+                          splice.align.n_sentences, splice.align.seed)
+
+
 def splice_edit(splice: Splice, source_acts: torch.Tensor, source: LoadedModel, target: LoadedModel,
                 target_mask: torch.Tensor, linear_map: LinearMap | None = None) -> Edit:
     """The edit that grafts ``source_acts`` (batch, n_pos, d_source) into the target site."""
@@ -62,18 +67,13 @@ def splice_edit(splice: Splice, source_acts: torch.Tensor, source: LoadedModel, 
     combine = get_combine(splice.combine)
     acts = source_acts
     if splice.align.kind == "linear":
-        linear_map = linear_map or fit_linear_map(source, splice.source.layer, target, splice.target.layer,
-                                                  splice.align.n_sentences, splice.align.seed)
-        acts = linear_map(acts)
+        acts = (linear_map or splice_map(splice, source, target))(acts)
     elif acts.shape[-1] != target.d_model and splice.align.kind != "trailing":
         raise width_mismatch(acts.shape[-1], target.d_model)
 
     def fn(target_acts: torch.Tensor) -> torch.Tensor:
         # at decode steps (every_step) the newest token takes the last source vector
-        source_now = acts if target_acts.shape[1] == acts.shape[1] else acts[:, -1:]
-        if source_now.shape[-1] != target_acts.shape[-1]:
-            return combine_trailing(combine, target_acts, source_now)
-        return combine(target_acts, source_now.to(target_acts.dtype))
+        return graft(combine, target_acts, acts if target_acts.shape[1] == acts.shape[1] else acts[:, -1:])
 
     return Edit(site, fn, every_step=splice.apply == "every_step")
 
@@ -102,8 +102,7 @@ def run(spec: Spec, models, prompts, backend: str | Backend = DEFAULT_BACKEND,
         source = _role(models, spec.source.model)
         source_acts = capture(models, prompts, [spec.source], backend)[spec.source]
         if spec.align.kind == "linear" and linear_map is None:
-            linear_map = fit_linear_map(source, spec.source.layer, target, spec.target.layer,
-                                        spec.align.n_sentences, spec.align.seed)
+            linear_map = splice_map(spec, source, target)
         edit = splice_edit(spec, source_acts, source, target, batch["attention_mask"], linear_map)
         result.linear_map = linear_map
     elif isinstance(spec, Steer):

@@ -12,7 +12,7 @@ import torch
 
 from ..backends import Backend
 from ..combine import get_combine
-from ..alignment import combine_trailing
+from ..alignment import graft
 from ..models.loaded import LoadedModel
 from ..sites import Edit, ResolvedSite, resolve_positions
 
@@ -30,13 +30,8 @@ class Injection:
         vectors = self.vectors if rows_to_items is None else self.vectors[rows_to_items]
         combine = get_combine(self.combine)
 
-        def fn(acts: torch.Tensor) -> torch.Tensor:
-            source = vectors[:, None, :].to(acts.dtype)
-            if source.shape[-1] != acts.shape[-1]:
-                return combine_trailing(combine, acts, source)
-            return combine(acts, source)
-
-        return Edit(ResolvedSite(self.layer, self.stream, positions), fn)
+        return Edit(ResolvedSite(self.layer, self.stream, positions),
+                    lambda acts: graft(combine, acts, vectors[:, None, :]))
 
 
 def sender_vectors(model: LoadedModel, prompts: list[str], layers: list[int], backend: Backend,
