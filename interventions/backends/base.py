@@ -72,3 +72,18 @@ def generation_defaults(model: LoadedModel, max_new_tokens: int, kwargs: dict) -
     return {"max_new_tokens": max_new_tokens, "do_sample": False,
             "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
             **kwargs}
+
+
+def hooked_forward(hf, batch: dict, state: CaptureState) -> ForwardOutput:
+    """Call ``hf`` with hooks already installed; a capture may end the pass early."""
+    try:
+        out = hf(**batch)
+    except StopForward:
+        return ForwardOutput(None, state.values)
+    return ForwardOutput(out.logits, state.values, out.past_key_values if batch.get("use_cache") else None)
+
+
+def hooked_generate(model: LoadedModel, hf, batch: dict, max_new_tokens: int, kwargs: dict) -> torch.Tensor:
+    """Greedy generation with hooks already installed; new tokens only."""
+    out = hf.generate(**batch, **generation_defaults(model, max_new_tokens, kwargs))
+    return out[:, batch["input_ids"].shape[1]:]

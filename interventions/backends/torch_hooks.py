@@ -7,7 +7,7 @@ from contextlib import contextmanager
 import torch
 
 from ..sites import Edit, ResolvedSite
-from .base import Backend, CaptureState, EditState, ForwardOutput, StopForward, generation_defaults
+from .base import Backend, CaptureState, EditState, ForwardOutput, hooked_forward, hooked_generate
 from .modules import stream_module
 
 
@@ -58,17 +58,10 @@ class TorchHooksBackend(Backend):
     def forward(self, model, batch, captures: list[ResolvedSite] = (), edits: list[Edit] = (),
                 stop_after_captures: bool = False) -> ForwardOutput:
         state = CaptureState(captures, stop_after_captures and bool(captures))
-        logits = cache = None
         with installed_hooks(model.hf, state, list(edits)):
-            try:
-                out = model.hf(**batch)
-                logits, cache = out.logits, getattr(out, "past_key_values", None)
-            except StopForward:
-                pass
-        return ForwardOutput(logits, state.values, cache if batch.get("use_cache") else None)
+            return hooked_forward(model.hf, batch, state)
 
     @torch.inference_mode()
     def generate(self, model, batch, edits: list[Edit] = (), max_new_tokens: int = 20, **kwargs):
         with installed_hooks(model.hf, None, list(edits)):
-            out = model.hf.generate(**batch, **generation_defaults(model, max_new_tokens, kwargs))
-        return out[:, batch["input_ids"].shape[1]:]
+            return hooked_generate(model, model.hf, batch, max_new_tokens, kwargs)

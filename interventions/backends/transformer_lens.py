@@ -12,7 +12,7 @@ import torch
 
 from ..models.loaded import LoadedModel
 from ..sites import Edit, ResolvedSite
-from .base import Backend, CaptureState, EditState, ForwardOutput, StopForward, generation_defaults
+from .base import Backend, CaptureState, EditState, ForwardOutput, hooked_forward, hooked_generate
 
 
 def bridge_for(model: LoadedModel):
@@ -48,18 +48,11 @@ class TransformerLensBackend(Backend):
                 stop_after_captures: bool = False) -> ForwardOutput:
         bridge, hf = bridge_for(model)
         state = CaptureState(captures, stop_after_captures and bool(captures))
-        logits = cache = None
         with bridge.hooks(fwd_hooks=_hooks(state, list(edits))):
-            try:
-                out = hf(**batch)
-                logits, cache = out.logits, getattr(out, "past_key_values", None)
-            except StopForward:
-                pass
-        return ForwardOutput(logits, state.values, cache if batch.get("use_cache") else None)
+            return hooked_forward(hf, batch, state)
 
     @torch.inference_mode()
     def generate(self, model, batch, edits: list[Edit] = (), max_new_tokens: int = 20, **kwargs):
         bridge, hf = bridge_for(model)
         with bridge.hooks(fwd_hooks=_hooks(None, list(edits))):
-            out = hf.generate(**batch, **generation_defaults(model, max_new_tokens, kwargs))
-        return out[:, batch["input_ids"].shape[1]:]
+            return hooked_generate(model, hf, batch, max_new_tokens, kwargs)
