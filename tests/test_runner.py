@@ -105,3 +105,13 @@ def test_catalog_entries_parse():
     for name in ("quickstart", "ac_coordination", "ac_reasoning"):
         experiment = load_experiment(name)
         assert experiment.protocols and experiment.tasks
+
+
+def test_overlapping_protocol_entries_run_once(tmp_path, tiny_dir):
+    path = write_experiment(tmp_path / "e.yaml", tiny_dir, protocols=[
+        {"kind": "ac", "combine": ["sum", "replace"], "k": 1, "j": 2},
+        {"kind": "ac", "combine": "replace", "k": [1, 2], "j": 2, "tasks": ["countries"]}])
+    experiment = load_experiment(str(path))
+    names = [p.name for p in experiment.protocols]
+    assert names == ["ac_sum_k1_j2", "ac_replace_k1_j2", "ac_replace_k2_j2"]
+    assert experiment.protocol_tasks[experiment.protocols[1]] is None  # unrestricted via the first entry

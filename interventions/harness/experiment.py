@@ -104,9 +104,15 @@ def load_experiment(name_or_path: str) -> Experiment:
     protocols, protocol_tasks = [], {}
     for i, entry in enumerate(data["protocols"]):
         for protocol in expand_protocol(entry, f"{path}: protocols[{i}]"):
-            protocols.append(protocol)
-            if "tasks" in entry:
-                protocol_tasks[protocol] = tuple(entry["tasks"])
+            # entries may overlap (a sweep containing the headline setting): run each once,
+            # on the union of the tasks its entries ask for (None = every task)
+            limit = tuple(entry["tasks"]) if "tasks" in entry else None
+            if protocol in protocol_tasks:
+                before = protocol_tasks[protocol]
+                protocol_tasks[protocol] = None if before is None or limit is None else before + limit
+            else:
+                protocols.append(protocol)
+                protocol_tasks[protocol] = limit
     for i, pair in enumerate(data["pairs"]):
         _check_keys(pair, ("A", "B"), f"{path}: pairs[{i}]")
     return Experiment(

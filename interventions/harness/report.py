@@ -159,7 +159,27 @@ def _family(row: dict) -> str:
     return str(fam) if fam else re.sub(r"_[kj]-?\d+", "", row["protocol"])
 
 
+def _collapse_sweeps(entries: list[dict]) -> list[dict]:
+    """Keep one point per (k, j) sweep in the bar and compute plots: its best setting, labelled
+    as picked after the fact (the heatmap shows the whole sweep)."""
+    sweeps = defaultdict(list)
+    for e in entries:
+        params = e.get("params") or {}
+        if params.get("k") is not None and params.get("j") is not None:
+            sweeps[(e["model_pair"], params.get("family") or _family(e))].append(e)
+    out = []
+    for e in entries:
+        params = e.get("params") or {}
+        group = sweeps.get((e["model_pair"], params.get("family") or _family(e)), [])
+        if len(group) < 3:
+            out.append(e)
+        elif e is max(group, key=lambda g: g["acc"]):
+            out.append({**e, "protocol": f"{e['protocol']} (best of {len(group)}-point sweep)"})
+    return out
+
+
 def _plot_accuracy(plt, task, entries, out_dir) -> Path:
+    entries = _collapse_sweeps(entries)
     many_pairs = len({e["model_pair"] for e in entries}) > 1
     labels = [e["protocol"] + (f"\n{e['model_pair']}" if many_pairs else "") for e in entries]
     accs = [e["acc"] for e in entries]
@@ -191,6 +211,7 @@ def _plot_acc_vs_flops(plt, summary, out_dir) -> Path | None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(8.5 * len(tasks), 4.5), squeeze=False)
     markers = "osD^v<>PX*hp"
     for ax, (task, entries) in zip(axes[0], tasks.items()):
+        entries = _collapse_sweeps(entries)
         for i, e in enumerate(entries):
             label = e["protocol"] + (f" ({e['model_pair']})" if len({x["model_pair"] for x in entries}) > 1 else "")
             ax.errorbar(e["flops_per_item"], e["acc"], yerr=[[e["acc"] - e["ci_low"]], [e["ci_high"] - e["acc"]]],
@@ -220,6 +241,8 @@ def _plot_kj_heatmaps(plt, rows, out_dir) -> list[Path]:
         for pair, prow in pairs.items():  # one heatmap per model pair; suffix only when there are several
             ks = sorted({int(r["params"]["k"]) for r in prow})
             js = sorted({int(r["params"]["j"]) for r in prow})
+            if len(ks) * len(js) < 2:  # a single setting is a bar in the accuracy plot, not a map
+                continue
             cells = defaultdict(list)
             for r in prow:
                 cells[(int(r["params"]["k"]), int(r["params"]["j"]))].append(float(r["score"]))

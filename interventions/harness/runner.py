@@ -85,6 +85,8 @@ def run_experiment(experiment: Experiment, out_dir: Path | None = None, limit: i
             outcomes = run_protocol(protocol, ctx, batch)
             rows = [_row(experiment, pair, models, task, protocol, it, outcome, seed)
                     for it, outcome in zip(batch, outcomes)]
+            rows = [row for row in rows if row["key"] not in done]  # never write a key twice
+            done.update(row["key"] for row in rows)
             append_rows(path, rows)
             bar.update(len(batch))
     bar.close()
