@@ -13,7 +13,7 @@ import torch
 from ..models.loaded import LoadedModel
 from ..sites import Edit, ResolvedSite, gather
 from .base import Backend, EditState, ForwardOutput, generation_defaults
-from .modules import decoder_layers, stream_module
+from .modules import stream_module
 
 
 def traced_for(model: LoadedModel):

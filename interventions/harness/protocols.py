@@ -7,7 +7,6 @@ function ``(protocol, context, items) -> list[Outcome]`` and registering it in P
 from __future__ import annotations
 
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 

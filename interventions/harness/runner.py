@@ -122,7 +122,7 @@ def report(experiment: Experiment, out_dir: Path | None = None) -> dict:
 def run_experiment_cli(args) -> None:
     experiment = load_experiment(args.experiment)
     rows = run_experiment(experiment, args.out, args.limit, args.seed, args.backend)
-    result = report(experiment, args.out)
+    report(experiment, args.out)
     out = Path(args.out) if args.out else default_out(experiment)
     print(f"\n{len(rows)} rows in {out / RESULTS_FILE}; report in {out / 'summary.md'}\n")
     text = (out / "summary.md").read_text()
@@ -131,6 +131,6 @@ def run_experiment_cli(args) -> None:
 
 def report_cli(args) -> None:
     experiment = load_experiment(args.experiment)
-    result = report(experiment, args.out)
+    report(experiment, args.out)
     for path in result["files"]:
         print(path)

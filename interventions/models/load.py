@@ -10,7 +10,7 @@ import torch
 from ..errors import UnknownModelError, suggest
 from .cache import ensure_cached, entry_cache_dir, read_marker
 from .loaded import LoadedModel
-from .zoo import ZOO, ZooEntry
+from .zoo import ZOO
 
 _LOADED: dict[tuple[str, str], LoadedModel] = {}
 
@@ -80,6 +80,3 @@ def model_table() -> list[dict]:
                      "cache_dir": str(entry_cache_dir(entry))})
     return rows
 
-
-def zoo_entries() -> list[ZooEntry]:
-    return list(ZOO.values())

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 
 from ..errors import LayerOutOfRangeError
 
@@ -56,7 +55,7 @@ class LoadedModel:
         messages = [{"role": "user", "content": text}]
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def encode(self, prompts: list[str] | str, add_special_tokens: bool | None = None) -> dict:
+    def encode(self, prompts: list[str] | str, add_special_tokens: bool = True) -> dict:
         """Left-padded batch, so position -1 is every row's last real token."""
         if isinstance(prompts, str):
             prompts = [prompts]
@@ -64,12 +63,5 @@ class LoadedModel:
         tok.padding_side = "left"
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
-        if add_special_tokens is None:
-            # a chat-formatted prompt already carries its special tokens
-            add_special_tokens = True
         batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-
-    @torch.inference_mode()
-    def hf_forward(self, input_ids, attention_mask=None) -> torch.Tensor:
-        return self.hf(input_ids=input_ids, attention_mask=attention_mask).logits
