@@ -131,6 +131,5 @@ def run_experiment_cli(args) -> None:
 
 def report_cli(args) -> None:
     experiment = load_experiment(args.experiment)
-    report(experiment, args.out)
-    for path in result["files"]:
+    for path in report(experiment, args.out)["files"]:
         print(path)
