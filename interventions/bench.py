@@ -17,15 +17,18 @@ PROMPT_WORDS = ("The committee reviewed the proposal for the new library in deta
                 "to explain how the reading rooms, the archive and the children's section would share light. ")
 
 
-def _median_seconds(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
+def _interleaved_medians(fns: dict, repeats: int, warmup: int = 2) -> dict:
+    """Median seconds per function, timed round-robin so drift on a shared machine hits all alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _prompt_of(model, n_tokens: int) -> dict:
@@ -54,17 +57,18 @@ def bench_overhead(model_name: str = "smollm2-135m", n_tokens: int = 128, repeat
     start = time.perf_counter()
     model = load_model(model_name, reuse=False)
     results["warm_load_s"] = time.perf_counter() - start
-    torch.set_grad_enabled(False)
     batch = _prompt_of(model, n_tokens)
     spec = Splice(source=Site("A", 8), target=Site("B", 8), combine="mean")
     source = capture(model, PROMPT_WORDS, [spec.source], backend="torch")[spec.source]
     edit = splice_edit(spec, source, model, model, batch["attention_mask"])
-    plain = _median_seconds(lambda: model.hf(**batch), repeats)
-    results["plain_hf_forward_s"] = plain
+    fns = {"plain": lambda: model.hf(**batch)}
     for name in backends:
-        backend = get_backend(name)
-        spliced = _median_seconds(lambda: backend.forward(model, batch, edits=[edit]), repeats)
-        results[f"{name}_forward_s"] = spliced
-        results[f"{name}_overhead_ratio"] = spliced / plain
+        fns[name] = lambda backend=get_backend(name): backend.forward(model, batch, edits=[edit])
+    with torch.inference_mode():
+        medians = _interleaved_medians(fns, repeats)
+    results["plain_hf_forward_s"] = medians["plain"]
+    for name in backends:
+        results[f"{name}_forward_s"] = medians[name]
+        results[f"{name}_overhead_ratio"] = medians[name] / medians["plain"]
     results["n_tokens"] = int(batch["input_ids"].shape[1])
     return results
