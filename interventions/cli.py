@@ -33,7 +33,7 @@ def _cmd_inspect(args) -> None:
 def _cmd_demo(args) -> None:
     from .demo import run_demo
 
-    result = run_demo(args.model, args.layer, args.backend)
+    result = run_demo(args.model, tuple(args.layers), args.backend)
     facts = result["model"]
     print(f"model {facts['name']} ({facts['n_layers']} blocks x {facts['d_model']}), backend {args.backend}")
     print(f"A sees:  {result['sender']!r}\nB is asked: {result['receiver']!r}\n")
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="one activation-communication splice between two SmolLM2 agents")
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--layer", type=int, default=8)
+    p.add_argument("--layers", type=int, nargs="+", default=[3, 9, 15], help="k = j blocks to graft at")
     p.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND)
     p.set_defaults(fn=_cmd_demo)
 

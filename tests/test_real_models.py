@@ -79,3 +79,16 @@ def test_readme_examples_run(script):
                           timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip()
+
+
+def test_quickstart_runs_end_to_end(tmp_path):
+    from interventions.harness.experiment import load_experiment
+    from interventions.harness.runner import report, run_experiment
+
+    experiment = load_experiment("quickstart")
+    rows = run_experiment(experiment, tmp_path, limit=2, progress=False)
+    # countries: silent, skyline, nl_message, 3 AC; arc_easy: silent, 3 AC — 2 items each
+    assert len(rows) == 2 * 6 + 2 * 4
+    assert all(0.0 <= r["score"] <= 1.0 and r["compute"]["flops"] > 0 for r in rows)
+    files = report(experiment, tmp_path)["files"]
+    assert (tmp_path / "summary.md").exists() and any(p.suffix == ".png" for p in files)

@@ -87,6 +87,7 @@ class Context:
     max_new_tokens: int = 16
     sender_cache: dict = field(default_factory=dict)   # (item id, k, format) -> A's vector
     maps: dict = field(default_factory=dict)           # (k, j) -> LinearMap
+    shapes: dict = field(default_factory=dict)         # role -> ModelShape
 
     def model(self, role: str) -> LoadedModel:
         if role not in self.models:
@@ -95,7 +96,9 @@ class Context:
         return self.models[role]
 
     def shape(self, role: str) -> ModelShape:
-        return ModelShape.from_hf(self.model(role).hf)
+        if role not in self.shapes:  # counting parameters walks the whole model: do it once
+            self.shapes[role] = ModelShape.from_hf(self.model(role).hf)
+        return self.shapes[role]
 
 
 # --------------------------------------------------------------------------- answering
