@@ -109,3 +109,17 @@ def test_positive_positions_follow_left_padding():
     mask = padded_batch((3, 5))["attention_mask"]
     positions = resolve_positions((0, -1), mask)
     assert positions.tolist() == [[2, 4], [0, 4]]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_steer_spec_matches_reference(backend):
+    import interventions as iv
+
+    model = tiny_model("qwen2")
+    vector = torch.randn(model.d_model, generator=torch.Generator().manual_seed(7))
+    spec = iv.Steer(target=iv.Site("B", layer=1, position=-1), vector=tuple(vector.tolist()), scale=3.0)
+    logits = iv.run(spec, model, "w5 w6 w7 w8", backend=backend).logits
+    batch = model.encode("w5 w6 w7 w8")
+    positions = torch.tensor([[batch["input_ids"].shape[1] - 1]])
+    expected = reference_logits(model, batch, 1, positions, lambda acts: acts + 3.0 * vector)
+    assert (logits - expected).abs().max().item() <= TOL
