@@ -184,10 +184,11 @@ def run_nl_debate(p: Protocol, ctx: Context, items: list[TaskItem]) -> list[Outc
                 prompts.append(answer_prompt(ctx.model(role), ctx.task, item, note=note))
             outcomes, raw = _answer(ctx, role, prompts, items)
             new_answers[role] = list(zip(outcomes, raw))
-            _merge_compute_into(totals, outcomes)
+            for total, outcome in zip(totals, outcomes):
+                total.merge(outcome.compute)
         answers = new_answers
     final = []
-    for i, item in enumerate(items):
+    for i in range(len(items)):
         a, b = answers["A"][i], answers["B"][i]
         chosen = b
         if ctx.task.scoring == "choice_loglik" and a[0].prediction != b[0].prediction:
@@ -196,11 +197,6 @@ def run_nl_debate(p: Protocol, ctx: Context, items: list[TaskItem]) -> list[Outc
                           {"agree": a[0].prediction == b[0].prediction})
         final.append(outcome)
     return final
-
-
-def _merge_compute_into(totals: list[Compute], outcomes: list[Outcome]) -> None:
-    for total, outcome in zip(totals, outcomes):
-        total.merge(outcome.compute)
 
 
 def _confidence(logliks: list[float]) -> float:
