@@ -114,3 +114,23 @@ def test_overlapping_protocol_entries_run_once(tmp_path, tiny_dir):
     names = [p.name for p in experiment.protocols]
     assert names == ["ac_sum_k1_j2", "ac_replace_k1_j2", "ac_replace_k2_j2"]
     assert experiment.protocol_tasks[experiment.protocols[1]] is None  # unrestricted via the first entry
+
+
+def test_every_protocol_runs_on_generation_and_choice_tasks(tmp_path, tiny_dir):
+    data = tmp_path / "mc.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "question": f"w{i + 3} w{i + 4}?", "choices": ["w5", "w6 w7"],
+                                        "answer": "w5"}) + "\n" for i in range(6)))
+    path = write_experiment(tmp_path / "e.yaml", tiny_dir, tasks=[
+        {"name": "countries", "n": 4}, {"name": "jsonl", "options": {"path": str(data), "scoring": "choice_loglik"}}],
+        protocols=[{"kind": k} for k in ("single", "silent", "skyline", "nl_message", "nl_debate")]
+        + [{"kind": "ac", "combine": "mean", "k": 0.5, "j": -1, "align": "trailing"}])
+    rows = run_experiment(load_experiment(str(path)), tmp_path / "out", progress=False)
+    by_task = {}
+    for row in rows:
+        by_task.setdefault(row["task"], set()).add(row["protocol"])
+    # skyline and message need private context, so they only run on countries
+    assert by_task["countries"] == {"single_B", "silent", "skyline", "nl_message", "nl_debate_r2", "ac_mean_k0.5_j-1_trailing"}
+    assert by_task["jsonl/mc"] == {"single_B", "silent", "nl_debate_r2", "ac_mean_k0.5_j-1_trailing"}
+    debate = [r for r in rows if r["protocol"] == "nl_debate_r2"]
+    assert all(set(r["compute"]["tokens"]) == {"A", "B"} for r in debate)
+    assert all(r["score_norm"] is not None for r in rows if r["task"] == "jsonl/mc")
