@@ -35,13 +35,15 @@ class Injection:
 
 
 def sender_vectors(model: LoadedModel, prompts: list[str], layers: list[int], backend: Backend,
-                   stream: str = "resid_post") -> dict[int, torch.Tensor]:
-    """Last-token activations at each block in ``layers`` in one forward, stopped early."""
+                   stream: str = "resid_post") -> tuple[dict[int, torch.Tensor], list[int]]:
+    """Last-token activations at each block in ``layers`` in one forward, stopped early,
+    and the number of tokens each prompt took."""
     batch = model.encode(prompts)
     last = resolve_positions(-1, batch["attention_mask"])
     sites = [ResolvedSite(layer, stream, last) for layer in layers]
     out = backend.forward(model, batch, captures=sites, stop_after_captures=True)
-    return {layer: acts[:, 0] for layer, acts in zip(layers, out.captures)}
+    vectors = {layer: acts[:, 0] for layer, acts in zip(layers, out.captures)}
+    return vectors, batch["attention_mask"].sum(1).tolist()
 
 
 @dataclass

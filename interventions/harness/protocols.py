@@ -85,7 +85,7 @@ class Context:
     task: Task
     backend: Backend
     max_new_tokens: int = 16
-    sender_cache: dict = field(default_factory=dict)   # (item id, k, format) -> A's vector
+    sender_cache: dict = field(default_factory=dict)   # (item id, k, format) -> (A's vector, tokens)
     maps: dict = field(default_factory=dict)           # (k, j) -> LinearMap
     shapes: dict = field(default_factory=dict)         # role -> ModelShape
 
@@ -214,15 +214,15 @@ def run_ac(p: Protocol, ctx: Context, items: list[TaskItem]) -> list[Outcome]:
     if missing:
         start = time.perf_counter()
         prompts = [sender_prompt(sender, ctx.task, it, p.sender_format) for it in missing]
-        vectors = agents.sender_vectors(sender, prompts, [k], ctx.backend)[k]
+        vectors, lengths = agents.sender_vectors(sender, prompts, [k], ctx.backend)
         share = (time.perf_counter() - start) / len(missing)
-        for it, vec, prompt in zip(missing, vectors, prompts):
-            ctx.sender_cache[(it.id, k, p.sender_format)] = vec
+        for it, vec, n_tokens in zip(missing, vectors[k], lengths):
+            ctx.sender_cache[(it.id, k, p.sender_format)] = (vec, n_tokens)
             costs[it.id].wall_s += share
-    for it in items:  # every item is charged its sender forward, cached or not
-        n_tokens = len(sender.tokenizer(sender_prompt(sender, ctx.task, it, p.sender_format))["input_ids"])
+    cached = [ctx.sender_cache[(it.id, k, p.sender_format)] for it in items]
+    for it, (_, n_tokens) in zip(items, cached):  # every item is charged its sender forward, cached or not
         costs[it.id].add_prefill("A", ctx.shape("A"), n_tokens, upto_layer=k)
-    vectors = torch.stack([ctx.sender_cache[(it.id, k, p.sender_format)] for it in items])
+    vectors = torch.stack([vec for vec, _ in cached])
     align = p.align
     if align == "auto":  # a fitted map between different models, none within one model
         align = "none" if sender.weight_sha256 == receiver.weight_sha256 else "linear"

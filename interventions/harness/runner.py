@@ -73,12 +73,11 @@ def run_experiment(experiment: Experiment, out_dir: Path | None = None, limit: i
                     plan.append((pair, models, task, protocol, pending))
     total = sum(len(p[-1]) for p in plan)
     bar = tqdm(total=total, desc=f"{experiment.name}", unit="item", disable=not progress)
-    contexts: dict = {}
+    ctx_key, ctx = None, None
     for pair, models, task, protocol, pending in plan:
-        ctx_key = (tuple(sorted(pair.items())), task.name)
-        if ctx_key not in contexts:  # shared per (pair, task): sender cache and fitted maps
-            contexts = {ctx_key: Context(models, task, backend_obj, experiment.max_new_tokens)}
-        ctx = contexts[ctx_key]
+        key = (tuple(sorted(pair.items())), task.name)
+        if key != ctx_key:  # one context per (pair, task): its sender cache and fitted maps
+            ctx_key, ctx = key, Context(models, task, backend_obj, experiment.max_new_tokens)
         for start in range(0, len(pending), experiment.batch_size):
             batch = pending[start:start + experiment.batch_size]
             bar.set_postfix_str(f"{task.name} {protocol.name}")
