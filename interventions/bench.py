@@ -9,7 +9,8 @@ import time
 import torch
 
 from .backends import get_backend
-from .execute import capture, splice_edit
+from .program import Program
+from .session import Session
 from .models import load_model
 from .spec import Site, Splice
 
@@ -59,8 +60,10 @@ def bench_overhead(model_name: str = "smollm2-135m", n_tokens: int = 128, repeat
     results["warm_load_s"] = time.perf_counter() - start
     batch = _prompt_of(model, n_tokens)
     spec = Splice(source=Site("A", 8), target=Site("B", 8), combine="mean")
-    source = capture(model, PROMPT_WORDS, [spec.source], backend="torch")[spec.source]
-    edit = splice_edit(spec, source, model, model, batch["attention_mask"])
+    # the splice's edit, compiled once for this batch (A's state is captured here, not timed)
+    program = Program(Session(model, "torch"), "B", {"A": [PROMPT_WORDS], "B": [PROMPT_WORDS]})
+    program.batch = batch
+    edit = program.compile([spec]).edits[0]
     fns = {"plain": lambda: model.hf(**batch)}
     for name in backends:
         fns[name] = lambda backend=get_backend(name): backend.forward(model, batch, edits=[edit])

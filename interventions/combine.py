@@ -1,6 +1,8 @@
-"""Combine functions f(target, source) -> new target activation, by name.
+"""Combine functions ``f(target, source) -> new target activation``, by name.
 
-Register your own with ``@register_combine("name")``; specs refer to it by that name.
+Both arguments are ``(batch, n_positions, d)`` tensors (the source already mapped into the
+target's space); the result has the target's shape. Register your own with
+``@register_combine("name")``; specs refer to it by that name.
 """
 
 from __future__ import annotations
@@ -9,27 +11,20 @@ from typing import Callable
 
 import torch
 
-from .errors import UnknownCombineError, suggest
+from .errors import UnknownCombineError
+from .registry import Registry
 
 CombineFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-COMBINES: dict[str, CombineFn] = {}
+COMBINES: Registry[CombineFn] = Registry("combine function", UnknownCombineError,
+                                         "Add one with @interventions.register_combine(name).")
 
 
 def register_combine(name: str) -> Callable[[CombineFn], CombineFn]:
-    def decorate(fn: CombineFn) -> CombineFn:
-        COMBINES[name] = fn
-        return fn
-    return decorate
+    return COMBINES.register(name)
 
 
 def get_combine(name: str) -> CombineFn:
-    try:
-        return COMBINES[name]
-    except KeyError:
-        raise UnknownCombineError(
-            f"unknown combine function {name!r}.{suggest(name, list(COMBINES))} "
-            f"Known: {', '.join(sorted(COMBINES))}; add one with @interventions.register_combine(name)."
-        ) from None
+    return COMBINES.get(name)
 
 
 @register_combine("sum")

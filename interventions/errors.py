@@ -15,6 +15,14 @@ class InterventionError(Exception):
     """Base class for every error this package raises on bad input."""
 
 
+class DuplicateNameError(InterventionError, ValueError):
+    """Two different places register the same name in one registry."""
+
+
+class PluginError(InterventionError):
+    """A plugin file or module could not be loaded; the message names it and the cause."""
+
+
 class UnknownModelError(InterventionError, KeyError):
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])

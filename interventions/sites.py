@@ -8,10 +8,8 @@ from typing import Callable
 import torch
 
 from .errors import PositionOutOfRangeError
+from .models.families import STREAM_ORDER
 from .models.loaded import LoadedModel
-from .spec import Site
-
-STREAM_ORDER = {"resid_pre": 0, "attn_out": 1, "mlp_out": 2, "resid_post": 3}
 
 
 @dataclass(frozen=True, eq=False)
@@ -19,10 +17,6 @@ class ResolvedSite:
     block: int
     stream: str
     positions: torch.Tensor | None   # (batch, n_pos) indices into the padded sequence; None = all
-
-    @property
-    def hook_name(self) -> str:
-        return f"blocks.{self.block}.hook_{self.stream}"
 
     @property
     def order(self) -> tuple[int, int]:
@@ -60,7 +54,7 @@ def resolve_positions(position, attention_mask: torch.Tensor) -> torch.Tensor | 
     return torch.stack([torch.as_tensor(r).expand(attention_mask.shape[0]) for r in rows], dim=1)
 
 
-def resolve_site(site: Site, model: LoadedModel, attention_mask: torch.Tensor) -> ResolvedSite:
+def resolve_site(site, model: LoadedModel, attention_mask: torch.Tensor) -> ResolvedSite:
     return ResolvedSite(model.resolve_layer(site.layer), site.stream,
                         resolve_positions(site.position, attention_mask))
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from interventions.harness.compute import (Compute, ModelShape, decode_flops, decode_flops_no_cache,
+from interventions.compute import (Compute, ModelShape, decode_flops, decode_flops_no_cache,
                                            prefill_flops)
 
 SHAPE = ModelShape(n_layers=2, d_model=4, n_params_nonembedding=100, vocab_size=10)

@@ -51,11 +51,10 @@ def test_trailing_rule_combines_trailing_coordinates_only():
     spec = iv.Splice(source=iv.Site("A", 1), target=iv.Site("B", 1), align=iv.Align("trailing"))
     source = iv.capture({"A": a}, "w3 w4 w5", [spec.source], backend="torch")[spec.source]
     target = iv.capture({"B": b}, "w3 w4 w5", [spec.target], backend="torch")[spec.target]
-    seen = {}
-    spec_edit = iv.execute.splice_edit(spec, source, a, b, torch.ones(1, 3, dtype=torch.long))
-    seen["out"] = spec_edit.fn(target)
-    assert torch.equal(seen["out"][..., :32], target[..., :32])        # leading coords untouched
-    assert torch.equal(seen["out"][..., 32:], source[..., -64:])       # trailing replaced by A's
+    program = iv.Session({"A": a, "B": b}, "torch").program("B", {"A": ["w3 w4 w5"], "B": ["w3 w4 w5"]}, [spec])
+    out = program.edits[0].fn(target)
+    assert torch.equal(out[..., :32], target[..., :32])        # leading coords untouched
+    assert torch.equal(out[..., 32:], source[..., -64:])       # trailing replaced by A's
 
 
 def test_position_out_of_range():

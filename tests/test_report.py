@@ -28,7 +28,7 @@ def make_rows(with_kj=False):
             for j in (1, 2, 3):
                 for i in range(4):
                     rows.append(row(f"ac_replace_k{k}_j{j}", i, float(i < k + j - 1), flops=50.0,
-                                    k=k, j=j, family="ac_replace"))
+                                    k=k, j=j, family="ac_replace", sweep=["k", "j"]))
     return rows
 
 

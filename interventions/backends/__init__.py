@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import importlib
 
-from ..errors import UnknownBackendError, suggest
+from ..errors import UnknownBackendError
+from ..registry import Registry
 from .base import Backend, ForwardOutput
 
-# imported on first use: TransformerLens and nnsight take seconds to import
-_CLASSES = {
-    "transformer_lens": ("transformer_lens", "TransformerLensBackend"),
-    "nnsight": ("nnsight", "NnsightBackend"),
-    "torch": ("torch_hooks", "TorchHooksBackend"),
-}
-BACKENDS = tuple(_CLASSES)
+# factories, so TransformerLens and nnsight (seconds to import) are imported on first use
+BACKEND_FACTORIES: Registry = Registry("backend", UnknownBackendError)
+for _name, (_module, _cls) in {"transformer_lens": ("transformer_lens", "TransformerLensBackend"),
+                               "nnsight": ("nnsight", "NnsightBackend"),
+                               "torch": ("torch_hooks", "TorchHooksBackend")}.items():
+    BACKEND_FACTORIES.register(
+        _name, lambda m=_module, c=_cls: getattr(importlib.import_module(f"{__name__}.{m}"), c)(), origin=__file__)
+BACKENDS = tuple(BACKEND_FACTORIES.names())
 DEFAULT_BACKEND = "transformer_lens"
 _INSTANCES: dict[str, Backend] = {}
 
@@ -21,12 +23,10 @@ _INSTANCES: dict[str, Backend] = {}
 def get_backend(name: str | Backend) -> Backend:
     if isinstance(name, Backend):
         return name
-    if name not in _CLASSES:
-        raise UnknownBackendError(f"unknown backend {name!r}.{suggest(name, BACKENDS)} Known: {', '.join(BACKENDS)}.")
+    factory = BACKEND_FACTORIES.get(name)
     if name not in _INSTANCES:
-        module, cls = _CLASSES[name]
-        _INSTANCES[name] = getattr(importlib.import_module(f"{__name__}.{module}"), cls)()
+        _INSTANCES[name] = factory()
     return _INSTANCES[name]
 
 
-__all__ = ["BACKENDS", "Backend", "DEFAULT_BACKEND", "ForwardOutput", "get_backend"]
+__all__ = ["BACKENDS", "BACKEND_FACTORIES", "Backend", "DEFAULT_BACKEND", "ForwardOutput", "get_backend"]

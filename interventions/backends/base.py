@@ -1,4 +1,9 @@
-"""What every backend does: forward with captures and edits, and generation with edits."""
+"""What every backend does: forward with captures and edits, and generation with edits.
+
+A batch is the keyword arguments of the transformers forward: ``input_ids`` or ``inputs_embeds``
+(soft tokens), ``attention_mask``, and optionally ``position_ids``, ``past_key_values``,
+``use_cache``, ``logits_to_keep``, ``output_hidden_states``.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ class ForwardOutput:
     logits: torch.Tensor | None        # None when the forward stopped after the last capture
     captures: list[torch.Tensor]       # one (batch, n_pos, d) tensor per requested capture
     cache: object = None               # past_key_values, when the batch asked for use_cache=True
+    hidden: torch.Tensor | None = None  # last hidden state (batch, seq, d), when output_hidden_states
 
 
 class StopForward(Exception):
@@ -74,16 +80,25 @@ def generation_defaults(model: LoadedModel, max_new_tokens: int, kwargs: dict) -
             **kwargs}
 
 
+def output_of(out, batch: dict, state: CaptureState) -> ForwardOutput:
+    hidden = out.hidden_states[-1] if batch.get("output_hidden_states") else None
+    return ForwardOutput(out.logits, state.values, out.past_key_values if batch.get("use_cache") else None, hidden)
+
+
 def hooked_forward(hf, batch: dict, state: CaptureState) -> ForwardOutput:
     """Call ``hf`` with hooks already installed; a capture may end the pass early."""
     try:
         out = hf(**batch)
     except StopForward:
         return ForwardOutput(None, state.values)
-    return ForwardOutput(out.logits, state.values, out.past_key_values if batch.get("use_cache") else None)
+    return output_of(out, batch, state)
+
+
+def new_tokens(ids: torch.Tensor, batch: dict) -> torch.Tensor:
+    """generate returns prompt + new ids for token prompts, new ids only for embedding prompts."""
+    return ids if "inputs_embeds" in batch else ids[:, batch["input_ids"].shape[1]:]
 
 
 def hooked_generate(model: LoadedModel, hf, batch: dict, max_new_tokens: int, kwargs: dict) -> torch.Tensor:
-    """Greedy generation with hooks already installed; new tokens only."""
-    out = hf.generate(**batch, **generation_defaults(model, max_new_tokens, kwargs))
-    return out[:, batch["input_ids"].shape[1]:]
+    """Generation with hooks already installed; new tokens only."""
+    return new_tokens(hf.generate(**batch, **generation_defaults(model, max_new_tokens, kwargs)), batch)

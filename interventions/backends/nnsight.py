@@ -12,8 +12,7 @@ import torch
 
 from ..models.loaded import LoadedModel
 from ..sites import Edit, ResolvedSite, gather
-from .base import Backend, EditState, ForwardOutput, generation_defaults
-from .modules import stream_module
+from .base import Backend, EditState, ForwardOutput, generation_defaults, new_tokens
 
 
 def traced_for(model: LoadedModel):
@@ -25,18 +24,13 @@ def traced_for(model: LoadedModel):
     return model.wrappers["nnsight"]
 
 
-def _envoy(traced, hf, block: int, stream: str):
+def _envoy(traced, model: LoadedModel, block: int, stream: str):
     """The envoy mirroring the module that holds ``stream`` at ``block``."""
-    module, where = stream_module(hf, block, stream)
-    path = _module_paths(hf)[module]
+    path, where = model.adapter.stream_path(block, stream)
     envoy = traced
     for part in path.split("."):
         envoy = envoy[int(part)] if part.isdigit() else getattr(envoy, part)
     return envoy, where
-
-
-def _module_paths(hf) -> dict:
-    return {module: name for name, module in hf.named_modules()}
 
 
 def _ops(captures, edits):
@@ -49,10 +43,10 @@ def _first(value):
     return value[0] if isinstance(value, tuple) else value
 
 
-def _run_ops(traced, hf, ops, saved):
+def _run_ops(traced, model, ops, saved):
     """Body shared by trace and generate: capture or edit each site in forward order."""
     for _, kind, site, payload in ops:
-        envoy, where = _envoy(traced, hf, site.block, site.stream)
+        envoy, where = _envoy(traced, model, site.block, site.stream)
         value = envoy.output if where == "output" else envoy.input
         acts = _first(value)
         if kind == "capture":
@@ -77,16 +71,17 @@ class NnsightBackend(Backend):
         stop = stop_after_captures and bool(captures)
         saved: dict = {}  # filled inside the trace body; lives outside it so it survives
         with torch.inference_mode():
-            extra = {k: v for k, v in batch.items() if k != "input_ids"}
-            with traced.trace(batch["input_ids"], **extra) as tracer:
-                _run_ops(traced, model.hf, ops, saved)
+            with traced.trace(**batch) as tracer:
+                _run_ops(traced, model, ops, saved)
                 if stop:
                     tracer.stop()
                 output = traced.output.save()
+        values = [saved[i] for i in range(len(captures))]
         if stop:
-            return ForwardOutput(None, [saved[i] for i in range(len(captures))])
+            return ForwardOutput(None, values)
         cache = output.past_key_values if batch.get("use_cache") else None
-        return ForwardOutput(output.logits, [saved[i] for i in range(len(captures))], cache)
+        hidden = output.hidden_states[-1] if batch.get("output_hidden_states") else None
+        return ForwardOutput(output.logits, values, cache, hidden)
 
     def generate(self, model, batch, edits: list[Edit] = (), max_new_tokens: int = 20, **kwargs):
         traced = traced_for(model)
@@ -97,12 +92,12 @@ class NnsightBackend(Backend):
             # an open iter[:] loop ends when generation does; nnsight warns about that by design
             warnings.filterwarnings("ignore", message=".*was never reached.*")
             with traced.generate(**options) as tracer:
-                with tracer.invoke(batch["input_ids"], attention_mask=batch["attention_mask"]):
+                with tracer.invoke(**batch):
                     if every_step:
                         for _ in tracer.iter[:]:
-                            _run_ops(traced, model.hf, ops, {})
+                            _run_ops(traced, model, ops, {})
                     else:
-                        _run_ops(traced, model.hf, ops, {})
+                        _run_ops(traced, model, ops, {})
                 with tracer.invoke():
                     ids = tracer.result.save()
-        return ids[:, batch["input_ids"].shape[1]:]
+        return new_tokens(ids, batch)

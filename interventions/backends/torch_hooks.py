@@ -8,7 +8,6 @@ import torch
 
 from ..sites import Edit, ResolvedSite
 from .base import Backend, CaptureState, EditState, ForwardOutput, hooked_forward, hooked_generate
-from .modules import stream_module
 
 
 def _first(value):
@@ -20,11 +19,11 @@ def _replace_first(value, new):
 
 
 @contextmanager
-def installed_hooks(hf, captures: CaptureState | None, edits: list[Edit]):
+def installed_hooks(model, captures: CaptureState | None, edits: list[Edit]):
     handles = []
 
     def add(block: int, stream: str, transform):
-        module, where = stream_module(hf, block, stream)
+        module, where = model.adapter.stream_module(model.hf, block, stream)
         if where == "output":
             def hook(_module, _args, output):
                 return _replace_first(output, transform(_first(output)))
@@ -58,10 +57,10 @@ class TorchHooksBackend(Backend):
     def forward(self, model, batch, captures: list[ResolvedSite] = (), edits: list[Edit] = (),
                 stop_after_captures: bool = False) -> ForwardOutput:
         state = CaptureState(captures, stop_after_captures and bool(captures))
-        with installed_hooks(model.hf, state, list(edits)):
+        with installed_hooks(model, state, list(edits)):
             return hooked_forward(model.hf, batch, state)
 
     @torch.inference_mode()
     def generate(self, model, batch, edits: list[Edit] = (), max_new_tokens: int = 20, **kwargs):
-        with installed_hooks(model.hf, None, list(edits)):
+        with installed_hooks(model, None, list(edits)):
             return hooked_generate(model, model.hf, batch, max_new_tokens, kwargs)

@@ -26,17 +26,18 @@ def bridge_for(model: LoadedModel):
     return model.wrappers["transformer_lens"]
 
 
-def _hooks(captures: CaptureState | None, edits: list[Edit]) -> list[tuple[str, object]]:
+def _hooks(model: LoadedModel, captures: CaptureState | None, edits: list[Edit]) -> list[tuple[str, object]]:
+    hook_name = model.adapter.hook_name
     hooks = []
     if captures is not None:
         for index, site in enumerate(captures.sites):
             def record(acts, hook, index=index):
                 captures.record(index, acts)
                 return acts
-            hooks.append((site.hook_name, record))
+            hooks.append((hook_name(site.block, site.stream), record))
     for edit in edits:
         state = EditState(edit)
-        hooks.append((edit.site.hook_name, lambda acts, hook, state=state: state(acts)))
+        hooks.append((hook_name(edit.site.block, edit.site.stream), lambda acts, hook, state=state: state(acts)))
     return hooks
 
 
@@ -48,11 +49,11 @@ class TransformerLensBackend(Backend):
                 stop_after_captures: bool = False) -> ForwardOutput:
         bridge, hf = bridge_for(model)
         state = CaptureState(captures, stop_after_captures and bool(captures))
-        with bridge.hooks(fwd_hooks=_hooks(state, list(edits))):
+        with bridge.hooks(fwd_hooks=_hooks(model, state, list(edits))):
             return hooked_forward(hf, batch, state)
 
     @torch.inference_mode()
     def generate(self, model, batch, edits: list[Edit] = (), max_new_tokens: int = 20, **kwargs):
         bridge, hf = bridge_for(model)
-        with bridge.hooks(fwd_hooks=_hooks(None, list(edits))):
+        with bridge.hooks(fwd_hooks=_hooks(model, None, list(edits))):
             return hooked_generate(model, hf, batch, max_new_tokens, kwargs)

@@ -7,10 +7,10 @@ import time
 
 import torch
 
-from ..backends import get_backend
 from ..models import load_model
+from ..session import Session
 from .prompts import answer_prompt
-from .protocols import Context, Protocol, run_protocol
+from .protocols import PROTOCOLS, Context
 from .tasks import get_task
 
 
@@ -27,12 +27,12 @@ def bench_harness(args) -> dict:
     size = args.batch_size
     max_new = 12
     torch.set_grad_enabled(False)
-    protocol = Protocol("silent")
+    protocol = PROTOCOLS.get("silent")()
 
     def harness(batch_size: int):
-        ctx = Context({"A": model, "B": model}, task, get_backend("torch"), max_new)
+        ctx = Context(Session(model, "torch"), task, max_new)
         for start in range(0, len(items), batch_size):
-            run_protocol(protocol, ctx, items[start:start + batch_size])
+            protocol.run(ctx, items[start:start + batch_size])
 
     def plain_generate():
         prompts = [answer_prompt(model, task, it) for it in items]

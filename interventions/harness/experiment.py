@@ -1,70 +1,108 @@
-"""Experiment files: a small YAML in experiments/, expanded into protocol instances."""
+"""Experiment files: a small YAML in experiments/, validated by schema and expanded into protocols.
+
+The top level and each task entry are pydantic models; each protocol entry is validated against
+its own kind's fields. Lists in a protocol entry expand to their product (``k: [4, 8]``), except
+for fields whose own type is a list. ``plugins:`` names Python files or modules to import first,
+so their combine functions, maps, protocols and tasks can be used by name.
+"""
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+import typing
 from pathlib import Path
+from typing import Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from ..errors import InterventionError, suggest
-from .protocols import Protocol, UnknownProtocolError
+from .plugins import load_plugins
+from .protocols import PROTOCOLS, Protocol
 
 
 class ExperimentFormatError(InterventionError, ValueError):
     pass
 
 
-TOP_KEYS = ("name", "description", "seed", "backend", "max_new_tokens", "batch_size", "pairs", "tasks",
-            "protocols", "baseline", "notes")
-TASK_KEYS = ("name", "n", "options")
-PROTOCOL_KEYS = (*Protocol.__dataclass_fields__, "tasks")  # tasks: restrict an entry to some tasks
-
-
-@dataclass
-class TaskEntry:
+class TaskEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     name: str
-    n: int | None = None
-    options: dict = field(default_factory=dict)
+    n: PositiveInt | None = None
+    options: dict = Field(default_factory=dict)
 
 
-@dataclass
-class Experiment:
+class ExperimentFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = None
+    description: str = ""
+    seed: int = 0
+    backend: str = "torch"
+    max_new_tokens: PositiveInt = 16
+    batch_size: PositiveInt = 16
+    pairs: list[dict[Literal["A", "B"], str]] = Field(min_length=1)
+    tasks: list[TaskEntry | str] = Field(min_length=1)
+    protocols: list[dict] = Field(min_length=1)
+    baseline: str | dict | None = None
+    notes: str = ""
+    plugins: list[str] = Field(default_factory=list)
+
+
+class Experiment(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
     name: str
     pairs: list[dict[str, str]]
     tasks: list[TaskEntry]
     protocols: list[Protocol]
-    protocol_tasks: dict = field(default_factory=dict)   # Protocol -> task names it is limited to
+    protocol_tasks: dict = Field(default_factory=dict)   # Protocol -> task names it is limited to (None: all)
     seed: int = 0
     backend: str = "torch"
     max_new_tokens: int = 16
     batch_size: int = 16
-    baseline: str | None = None
+    baseline: str | dict | None = None
     description: str = ""
     notes: str = ""
+    plugins: list[str] = Field(default_factory=list)
     path: Path | None = None
 
 
-def _check_keys(data: dict, allowed: tuple[str, ...], where: str) -> None:
-    for key in data:
-        if key not in allowed:
-            raise ExperimentFormatError(f"{where}: unknown key {key!r}.{suggest(key, allowed)} "
-                                        f"Allowed: {', '.join(allowed)}.")
+def describe_errors(error: ValidationError, where: str, fields: list[str]) -> str:
+    """One line per problem, naming the field; unknown keys get close names and the allowed ones."""
+    lines = []
+    for problem in error.errors():
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in problem["loc"])
+        if problem["type"] == "extra_forbidden":
+            key = str(problem["loc"][-1])
+            lines.append(f"{where}{loc}: unknown key {key!r}.{suggest(key, fields)} Allowed: {', '.join(fields)}.")
+        elif problem["type"] == "missing":
+            lines.append(f"{where}{loc}: required field missing")
+        else:
+            message = problem["msg"].removeprefix("Value error, ")
+            lines.append(f"{where}{loc}: {message} (got {problem.get('input')!r})")
+    return "\n".join(lines)
 
 
-def expand_protocol(entry: dict, where: str) -> list[Protocol]:
-    """Lists in a protocol entry (k: [4, 8], combine: [sum, mean]) expand to their product."""
-    _check_keys(entry, PROTOCOL_KEYS, where)
+def _expands(cls: type[Protocol], key: str) -> bool:
+    field = cls.model_fields.get(key)
+    return field is None or typing.get_origin(field.annotation) not in (list, tuple)
+
+
+def expand_protocol(entry: dict, where: str, base_dir: Path | None = None) -> list[Protocol]:
+    """One protocol entry (``tasks:`` aside) to its instances; lists expand to their product."""
+    if not isinstance(entry, dict) or "kind" not in entry:
+        raise ExperimentFormatError(f"{where}: a protocol entry needs a 'kind'. Known: {', '.join(PROTOCOLS)}.")
     entry = {k: v for k, v in entry.items() if k != "tasks"}
+    cls = PROTOCOLS.get(entry.pop("kind"))
     keys = list(entry)
-    values = [v if isinstance(v, list) else [v] for v in entry.values()]
-    try:
-        return [Protocol(**dict(zip(keys, combo))) for combo in itertools.product(*values)]
-    except UnknownProtocolError as error:
-        raise UnknownProtocolError(f"{where}: {error}") from None
-    except TypeError as error:
-        raise ExperimentFormatError(f"{where}: {error}") from None
+    values = [v if isinstance(v, list) and _expands(cls, k) else [v] for k, v in entry.items()]
+    fields = [*cls.model_fields, "kind", "tasks"]
+    out = []
+    for combo in itertools.product(*values):
+        try:
+            out.append(cls.model_validate(dict(zip(keys, combo)), context={"base_dir": base_dir}))
+        except ValidationError as error:
+            raise ExperimentFormatError(describe_errors(error, f"{where} ({cls.kind})", fields)) from None
+    return out
 
 
 def find_experiment(name_or_path: str) -> Path:
@@ -84,26 +122,18 @@ def find_experiment(name_or_path: str) -> Path:
     raise ExperimentFormatError(f"no experiment named {name_or_path!r} and no experiments/ directory found")
 
 
-def load_experiment(name_or_path: str) -> Experiment:
-    path = find_experiment(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ExperimentFormatError(f"{path}: not valid YAML: {error}") from None
+def build_experiment(data, where: str, base_dir: Path | None = None, path: Path | None = None) -> Experiment:
     if not isinstance(data, dict):
-        raise ExperimentFormatError(f"{path}: expected a mapping at the top level")
-    _check_keys(data, TOP_KEYS, str(path))
-    for required in ("pairs", "tasks", "protocols"):
-        if required not in data:
-            raise ExperimentFormatError(f"{path}: missing required key {required!r}")
-    tasks = []
-    for i, entry in enumerate(data["tasks"]):
-        entry = {"name": entry} if isinstance(entry, str) else entry
-        _check_keys(entry, TASK_KEYS, f"{path}: tasks[{i}]")
-        tasks.append(TaskEntry(**entry))
+        raise ExperimentFormatError(f"{where}: expected a mapping at the top level")
+    try:
+        parsed = ExperimentFile.model_validate(data)
+    except ValidationError as error:
+        raise ExperimentFormatError(describe_errors(error, where, list(ExperimentFile.model_fields))) from None
+    load_plugins(parsed.plugins, base_dir)
+    tasks = [TaskEntry(name=t) if isinstance(t, str) else t for t in parsed.tasks]
     protocols, protocol_tasks = [], {}
-    for i, entry in enumerate(data["protocols"]):
-        for protocol in expand_protocol(entry, f"{path}: protocols[{i}]"):
+    for i, entry in enumerate(parsed.protocols):
+        for protocol in expand_protocol(entry, f"{where}: protocols[{i}]", base_dir):
             # entries may overlap (a sweep containing the headline setting): run each once,
             # on the union of the tasks its entries ask for (None = every task)
             limit = tuple(entry["tasks"]) if "tasks" in entry else None
@@ -113,13 +143,15 @@ def load_experiment(name_or_path: str) -> Experiment:
             else:
                 protocols.append(protocol)
                 protocol_tasks[protocol] = limit
-    for i, pair in enumerate(data["pairs"]):
-        _check_keys(pair, ("A", "B"), f"{path}: pairs[{i}]")
-    return Experiment(
-        name=data.get("name", path.stem), pairs=data["pairs"], tasks=tasks, protocols=protocols,
-        protocol_tasks=protocol_tasks,
-        seed=data.get("seed", 0), backend=data.get("backend", "torch"),
-        max_new_tokens=data.get("max_new_tokens", 16), batch_size=data.get("batch_size", 16),
-        baseline=data.get("baseline"), description=data.get("description", ""), notes=data.get("notes", ""),
-        path=path,
-    )
+    fields = parsed.model_dump(exclude={"tasks", "protocols", "name"})
+    return Experiment(name=parsed.name or (path.stem if path else "experiment"), tasks=tasks, protocols=protocols,
+                      protocol_tasks=protocol_tasks, path=path, **fields)
+
+
+def load_experiment(name_or_path: str) -> Experiment:
+    path = find_experiment(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ExperimentFormatError(f"{path}: not valid YAML: {error}") from None
+    return build_experiment(data, str(path), path.parent, path)

@@ -154,9 +154,17 @@ def _slug(s: str) -> str:
 
 
 def _family(row: dict) -> str:
-    """params["family"], else the protocol name with its _k<n>/_j<n> parts removed."""
+    """params["family"] (the protocol without its swept values), else the protocol name."""
     fam = (row.get("params") or {}).get("family")
-    return str(fam) if fam else re.sub(r"_[kj]-?\d+", "", row["protocol"])
+    return str(fam) if fam else row["protocol"]
+
+
+def _axes(params: dict) -> tuple[str, str] | None:
+    """The two swept fields of a protocol (its ``sweep``), when it has a value for both."""
+    axes = params.get("sweep") or []
+    if len(axes) == 2 and all(params.get(a) is not None for a in axes):
+        return axes[0], axes[1]
+    return None
 
 
 def _collapse_sweeps(entries: list[dict]) -> list[dict]:
@@ -165,7 +173,7 @@ def _collapse_sweeps(entries: list[dict]) -> list[dict]:
     sweeps = defaultdict(list)
     for e in entries:
         params = e.get("params") or {}
-        if params.get("k") is not None and params.get("j") is not None:
+        if _axes(params):
             sweeps[(e["model_pair"], params.get("family") or _family(e))].append(e)
     out = []
     for e in entries:
@@ -230,22 +238,29 @@ def _plot_acc_vs_flops(plt, summary, out_dir) -> Path | None:
     return path
 
 
-def _plot_kj_heatmaps(plt, rows, out_dir) -> list[Path]:
+AXIS_LABELS = {"k": "k (sender A layer)", "j": "j (receiver B layer)"}
+
+
+def _sortable(value):
+    return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
+
+
+def _plot_sweep_heatmaps(plt, rows, out_dir) -> list[Path]:
     import numpy as np
 
-    kj = [r for r in rows if (r.get("params") or {}).get("k") is not None
-          and (r.get("params") or {}).get("j") is not None]
+    swept = [r for r in rows if _axes(r.get("params") or {})]
     paths = []
-    for (task, fam), grp in _groups(kj, lambda r: (r["task"], _family(r))).items():
+    for (task, fam), grp in _groups(swept, lambda r: (r["task"], _family(r))).items():
         pairs = _groups(grp, model_pair)
+        y_axis, x_axis = _axes(grp[0]["params"])
         for pair, prow in pairs.items():  # one heatmap per model pair; suffix only when there are several
-            ks = sorted({int(r["params"]["k"]) for r in prow})
-            js = sorted({int(r["params"]["j"]) for r in prow})
+            ks = sorted({r["params"][y_axis] for r in prow}, key=_sortable)
+            js = sorted({r["params"][x_axis] for r in prow}, key=_sortable)
             if len(ks) * len(js) < 2:  # a single setting is a bar in the accuracy plot, not a map
                 continue
             cells = defaultdict(list)
             for r in prow:
-                cells[(int(r["params"]["k"]), int(r["params"]["j"]))].append(float(r["score"]))
+                cells[(r["params"][y_axis], r["params"][x_axis])].append(float(r["score"]))
             grid = np.full((len(ks), len(js)), np.nan)
             for (k, j), v in cells.items():
                 grid[ks.index(k), js.index(j)] = sum(v) / len(v)
@@ -257,13 +272,13 @@ def _plot_kj_heatmaps(plt, rows, out_dir) -> list[Path]:
                         color="white" if val < 0.6 else "black")
             ax.set_xticks(range(len(js)), [str(j) for j in js])
             ax.set_yticks(range(len(ks)), [str(k) for k in ks])
-            ax.set_xlabel("j (receiver B layer)")
-            ax.set_ylabel("k (sender A layer)")
-            ax.set_title(f"{task}: {fam} mean score over (k, j)" + (f"\n{pair}" if len(pairs) > 1 else ""), fontsize=10)
+            ax.set_xlabel(AXIS_LABELS.get(x_axis, x_axis))
+            ax.set_ylabel(AXIS_LABELS.get(y_axis, y_axis))
+            ax.set_title(f"{task}: {fam} mean score over ({y_axis}, {x_axis})" + (f"\n{pair}" if len(pairs) > 1 else ""), fontsize=10)
             fig.colorbar(im, ax=ax, label="mean score")
             fig.tight_layout()
             suffix = f"_{_slug(pair)}" if len(pairs) > 1 else ""
-            path = out_dir / f"kj_heatmap_{_slug(task)}_{_slug(fam)}{suffix}.png"
+            path = out_dir / f"{y_axis}{x_axis}_heatmap_{_slug(task)}_{_slug(fam)}{suffix}.png"
             fig.savefig(path, dpi=120)
             plt.close(fig)
             paths.append(path)
@@ -297,7 +312,7 @@ def write_report(rows: list[dict], out_dir, title: str, notes_md: str = "",
     plots = [_plot_accuracy(plt, task, entries, out_dir)
              for task, entries in _groups(summary, lambda s: s["task"]).items()]
     plots.append(_plot_acc_vs_flops(plt, summary, out_dir))
-    plots += _plot_kj_heatmaps(plt, rows, out_dir)
+    plots += _plot_sweep_heatmaps(plt, rows, out_dir)
     plots = [p for p in plots if p is not None]
 
     md = [f"# {title}", "", f"{len(rows)} result rows. Accuracy is the mean score; CIs are Wilson 95%. "

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..backends import get_backend
 from ..errors import MissingRoleError
 from ..models import load_model
+from ..session import Session
 from .experiment import Experiment, load_experiment
-from .protocols import Context, Protocol, run_protocol
+from .protocols import Context, Protocol
 from .store import append_rows, read_rows, repair
 from .tasks import get_task
 
@@ -25,19 +25,9 @@ RESULTS_FILE = "results.jsonl"
 
 
 def work_key(protocol: Protocol, models: dict, task: str, item_id: str, seed: int) -> str:
-    blob = json.dumps({"protocol": protocol.to_dict(), "models": {r: m.weight_sha256 for r, m in models.items()},
+    blob = json.dumps({"protocol": protocol.identity(), "models": {r: m.weight_sha256 for r, m in models.items()},
                        "task": task, "item": item_id, "seed": seed}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
-
-
-def applicable(protocol: Protocol, task, pair: dict) -> bool:
-    """Skyline and message need private information to pass on; on shared-question tasks
-    they would duplicate 'silent'. With A = B, 'single_A' would duplicate 'single_B'."""
-    if protocol.kind in ("skyline", "nl_message"):
-        return task.info_split == "private_context"
-    if protocol.kind == "single" and protocol.role == "A":
-        return pair["A"] != pair["B"]
-    return True
 
 
 def default_out(experiment: Experiment) -> Path:
@@ -48,16 +38,17 @@ def run_experiment(experiment: Experiment, out_dir: Path | None = None, limit: i
                    seed: int | None = None, backend: str | None = None, progress: bool = True) -> list[dict]:
     out_dir = Path(out_dir) if out_dir else default_out(experiment)
     seed = experiment.seed if seed is None else seed
-    backend_obj = get_backend(backend or experiment.backend)
+    backend = backend or experiment.backend
     path = out_dir / RESULTS_FILE
     repair(path)
     done = {row["key"] for row in read_rows(path)}
-    plan = []   # (pair, models, task, protocol, pending items)
+    plan = []   # (pair, models, task, all items, protocol, pending items)
     for pair in experiment.pairs:
         for protocol in experiment.protocols:
-            if protocol.needs_two_models and not {"A", "B"} <= set(pair):
-                raise MissingRoleError(f"protocol {protocol.name} needs two models (roles A and B); "
-                                       f"the pair {pair} gives {sorted(pair)}")
+            missing = set(protocol.needed_roles()) - set(pair)
+            if missing:
+                raise MissingRoleError(f"protocol {protocol.name} needs model roles {sorted(protocol.needed_roles())}; "
+                                       f"the pair {pair} gives {sorted(pair)} (needs two models: add {sorted(missing)})")
         models = {role: load_model(name) for role, name in pair.items()}
         for entry in experiment.tasks:
             task = get_task(entry.name, **entry.options)
@@ -65,23 +56,27 @@ def run_experiment(experiment: Experiment, out_dir: Path | None = None, limit: i
             items = task.items(n, seed)
             for protocol in experiment.protocols:
                 limited_to = experiment.protocol_tasks.get(protocol)
-                if not applicable(protocol, task, pair) or (limited_to and entry.name not in limited_to):
+                if not protocol.applies_to(task, pair) or (limited_to and entry.name not in limited_to):
                     continue
                 pending = [it for it in items
                            if work_key(protocol, models, task.name, it.id, seed) not in done]
                 if pending:
-                    plan.append((pair, models, task, protocol, pending))
+                    plan.append((pair, models, task, items, protocol, pending))
     total = sum(len(p[-1]) for p in plan)
     bar = tqdm(total=total, desc=f"{experiment.name}", unit="item", disable=not progress)
+    sessions: dict = {}   # one per pair: its sender states, maps and completions are reused across tasks
     ctx_key, ctx = None, None
-    for pair, models, task, protocol, pending in plan:
-        key = (tuple(sorted(pair.items())), task.name)
-        if key != ctx_key:  # one context per (pair, task): its sender cache and fitted maps
-            ctx_key, ctx = key, Context(models, task, backend_obj, experiment.max_new_tokens)
+    for pair, models, task, items, protocol, pending in plan:
+        pair_key = tuple(sorted(pair.items()))
+        if pair_key not in sessions:
+            sessions = {pair_key: Session(models, backend)}  # the previous pair's caches are done
+        if (pair_key, task.name) != ctx_key:
+            ctx_key = (pair_key, task.name)
+            ctx = Context(sessions[pair_key], task, experiment.max_new_tokens, seed, items)
         for start in range(0, len(pending), experiment.batch_size):
             batch = pending[start:start + experiment.batch_size]
             bar.set_postfix_str(f"{task.name} {protocol.name}")
-            outcomes = run_protocol(protocol, ctx, batch)
+            outcomes = protocol.run(ctx, batch)
             rows = [_row(experiment, pair, models, task, protocol, it, outcome, seed)
                     for it, outcome in zip(batch, outcomes)]
             rows = [row for row in rows if row["key"] not in done]  # never write a key twice
@@ -93,13 +88,14 @@ def run_experiment(experiment: Experiment, out_dir: Path | None = None, limit: i
 
 
 def _row(experiment, pair, models, task, protocol, item, outcome, seed) -> dict:
-    params = {"k": protocol.k, "j": protocol.j, "family": f"ac_{protocol.combine}" if protocol.kind == "ac" else None}
+    params = protocol.params()
     if task.scoring == "choice_loglik" and item.choices:
         params["chance"] = 1 / len(item.choices)
     return {
         "key": work_key(protocol, models, task.name, item.id, seed),
         "experiment": experiment.name, "task": task.name, "task_source": task.source, "item_id": item.id,
-        "protocol": protocol.name, "protocol_spec": protocol.to_dict(),
+        "protocol": protocol.name, "protocol_spec": protocol.as_dict(),
+        **({"interventions": outcome.interventions} if outcome.interventions else {}),
         "models": {role: {"name": m.name, "sha256": m.weight_sha256} for role, m in models.items()},
         "seed": seed, "score": outcome.score, "score_norm": outcome.score_norm,
         "prediction": outcome.prediction, "gold": item.answer, "compute": outcome.compute.to_dict(),

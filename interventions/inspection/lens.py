@@ -86,10 +86,8 @@ def residual_stream(model: LoadedModel, texts: list[str], position="all",
 
 
 def final_norm(model: LoadedModel) -> torch.nn.Module:
-    """The norm applied before the unembedding (``model.norm`` in Llama, Qwen2 and Gemma 3)."""
-    hf = model.hf
-    decoder = hf.get_decoder() if hasattr(hf, "get_decoder") else hf.model
-    return decoder.norm
+    """The norm applied before the unembedding, from the model's family adapter."""
+    return model.adapter.norm(model.hf)
 
 
 @torch.inference_mode()
@@ -99,7 +97,7 @@ def lens_logits(model: LoadedModel, resid: torch.Tensor) -> torch.Tensor:
     weight = hf.get_output_embeddings().weight
     logits = hf.get_output_embeddings()(final_norm(model)(resid.to(weight.dtype)))
     config = hf.config.get_text_config() if hasattr(hf.config, "get_text_config") else hf.config
-    cap = getattr(config, "final_logit_softcapping", None)
+    cap = model.adapter.logit_softcap(config)
     if cap:  # Gemma squashes its logits; the lens must too, or the last layer would not match
         logits = torch.tanh(logits / cap) * cap
     return logits.float()

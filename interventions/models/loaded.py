@@ -23,6 +23,17 @@ class LoadedModel:
     wrappers: dict = field(default_factory=dict, repr=False)  # per-backend cached wrappers
 
     @property
+    def adapter(self):
+        """The family adapter: where streams, embedding and final norm live (models/families.py)."""
+        from .families import family_of
+        return family_of(self.family)
+
+    @property
+    def max_positions(self) -> int | None:
+        config = self.hf.config.get_text_config() if hasattr(self.hf.config, "get_text_config") else self.hf.config
+        return getattr(config, "max_position_embeddings", None)
+
+    @property
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
@@ -32,11 +43,17 @@ class LoadedModel:
                 "chat_template": self.has_chat_template, "weight_sha256": self.weight_sha256,
                 "source": self.source}
 
-    def resolve_layer(self, layer: int | float) -> int:
-        """Block index for an int (negative counts from the end) or a relative depth in [0, 1]."""
+    def resolve_layer(self, layer: int | float | str) -> int:
+        """Block index for an int (negative counts from the end) or a relative depth: a float in
+        [0, 1] or a string like "50%"."""
         n = self.n_layers
         valid = (f"valid: 0..{n - 1} (output of block l, 0-based), -{n}..-1 counting from the end, "
-                 "or a relative depth 0.0..1.0")
+                 "or a relative depth 0.0..1.0 ('0%'..'100%')")
+        if isinstance(layer, str) and layer.endswith("%"):
+            try:
+                layer = float(layer[:-1]) / 100
+            except ValueError:
+                raise LayerOutOfRangeError(f"layer {layer!r} is not a percentage; {valid}") from None
         if isinstance(layer, bool):
             raise LayerOutOfRangeError(f"layer must be an int or a float depth, got {layer!r}; {valid}")
         if isinstance(layer, float):

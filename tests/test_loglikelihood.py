@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interventions.backends import get_backend
-from interventions.harness import agents
+import interventions as iv
 from tiny_models import tiny_model
 
 
@@ -33,17 +32,29 @@ def reference_logliks(model, context, options, vector=None, layer=None):
     return out
 
 
+def sender_state(model, text, layer):
+    """A's last-token output of block ``layer``, from transformers' own hidden states."""
+    with torch.no_grad():
+        return model.hf(**model.encode(text), output_hidden_states=True).hidden_states[layer + 1][0, -1]
+
+
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
 @pytest.mark.parametrize("backend", ["torch", "nnsight", "transformer_lens"])
 @pytest.mark.parametrize("grafted", [False, True])
 def test_shared_prefix_logliks_match_reference(family, backend, grafted):
     model = tiny_model(family)
     contexts = ["w3 w4 w5 w6", "w7 w8", "w9 w10 w11 w12 w13 w14"]
+    senders = ["w40 w41", "w42 w43 w44", "w45"]
     choices = [("w20", "w21 w22", "w23"), ("w24 w25 w26", "w27"), ("w28", "w29", "w30 w31", "w32")]
-    vectors = torch.randn(len(contexts), model.d_model, generator=torch.Generator().manual_seed(0))
-    injection = agents.Injection(2, "mean", vectors) if grafted else None
-    scores = agents.choice_logliks(model, contexts, choices, get_backend(backend), injection, items_per_forward=2)
+    splice = iv.Splice(source=iv.Site("A", 2), target=iv.Site("B", 2), combine="mean")
+    session = iv.Session(model, backend)
+    scores = session.loglikelihood("B", {"A": senders, "B": contexts}, choices, [splice] if grafted else [],
+                                   items_per_forward=2)
     for i, (context, options) in enumerate(zip(contexts, choices)):
-        expected = reference_logliks(model, context, options, vectors[i] if grafted else None, 2)
+        vector = sender_state(model, senders[i], 2) if grafted else None
+        expected = reference_logliks(model, context, options, vector, 2)
         assert scores.logliks[i] == pytest.approx(expected, abs=1e-4)
     assert scores.tokens[0] == 4 + 1 + 2 + 1
+    # compute is charged inside the request: B's context and choices, and A's stopped forward
+    assert scores.compute[0].tokens["B"] == 4 + 1 + 2 + 1
+    assert ("A" in scores.compute[0].tokens) == grafted

@@ -1,0 +1,134 @@
+"""``ac``: activation communication (Ramesh & Li, ICML 2025) through a ``Splice`` spec.
+
+A reads its sender prompt; its state at block k (last token) is combined into B's last prompt
+token at block j, through a fitted map when the models differ; B answers. What A reads is explicit
+(``sender``, the paper's App. B.5 variants):
+
+- ``raw``: the private context (or the question) as plain text, ending on its content;
+- ``chat``: the same wrapped in the chat template (its last token is then the assistant header);
+- ``completion``: A reads the chat-formatted text and writes up to ``completion_tokens`` tokens at
+  ``temperature``; the state sent is that of the last token of its completion.
+
+``control`` replaces the message: ``random`` (a seeded vector of the message's norm), ``zero``, or
+``mismatched`` (A reads another item of the task).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+from pydantic import NonNegativeFloat, PositiveInt, field_validator
+
+from ...alignment import MAPS
+from ...combine import COMBINES
+from ...compute import Compute
+from ...models.families import STREAMS
+from ...session import Sampler
+from ...spec import Align, Site, Splice
+from ...spec.base import Layer, check_layer
+from ..prompts import answer_prompt, sender_prompt
+from .base import Context, Protocol, add_costs, answer, fmt, register_protocol
+
+Control = Literal["none", "random", "zero", "mismatched"]
+
+
+def control_suffix(control: str) -> str:
+    return "" if control == "none" else f"_ctl-{control}"
+
+
+def sender_texts(ctx: Context, items, sender: str, completion_tokens: int = 0, temperature: float = 0.0,
+                 role: str = "A"):
+    """What the sender reads for each item, and the cost of producing it (its completion, when asked)."""
+    model = ctx.model(role)
+    if sender != "completion":
+        return [sender_prompt(model, ctx.task, it, sender) for it in items], [Compute() for _ in items]
+    key = lambda it: ("completion", role, it.id, completion_tokens, temperature, ctx.seed)  # noqa: E731
+    missing = [it for it in items if key(it) not in ctx.session.memo]
+    if missing:
+        prompts = [sender_prompt(model, ctx.task, it, "chat") for it in missing]
+        seeds = [int(hashlib.sha256(f"{ctx.seed}:{it.id}".encode()).hexdigest()[:8], 16) for it in missing]
+        out = ctx.session.decode(role, prompts, (), completion_tokens, Sampler(temperature, seeds))
+        for it, prompt, text, compute in zip(missing, prompts, out.texts, out.compute):
+            ctx.session.memo[key(it)] = (prompt + text.rstrip(), compute)
+    texts, costs = [], []
+    for it in items:  # every item is charged its completion, computed now or earlier
+        text, compute = ctx.session.memo[key(it)]
+        texts.append(text)
+        costs.append(Compute(tokens=dict(compute.tokens), flops=compute.flops,
+                             wall_s=compute.wall_s if it in missing else 0.0))
+    return texts, costs
+
+
+@register_protocol("ac")
+class AC(Protocol):
+    roles = ("A", "B")
+    sweep = ("k", "j")
+
+    k: Layer                                   # sender block (int, or relative depth)
+    j: Layer                                   # receiver block
+    combine: str = "replace"                   # a registered combine function
+    align: str = "none"                        # a registered map, or auto (linear across models, none within one)
+    stream: str = "resid_post"
+    sender: Literal["raw", "chat", "completion"] = "raw"
+    completion_tokens: PositiveInt = 32
+    temperature: NonNegativeFloat = 0.7
+    control: Control = "none"
+
+    @field_validator("combine")
+    @classmethod
+    def _known_combine(cls, value):
+        COMBINES.get(value)
+        return value
+
+    @field_validator("align")
+    @classmethod
+    def _known_map(cls, value):
+        if value != "auto":
+            MAPS.get(value)
+        return value
+
+    @field_validator("stream")
+    @classmethod
+    def _known_stream(cls, value):
+        Site(stream=value)
+        return value
+
+    @field_validator("k", "j")
+    @classmethod
+    def _layer(cls, value):
+        check_layer(value)
+        return value
+
+    def _suffix(self) -> str:
+        align = "" if self.align == "none" else f"_{self.align}"
+        variant = "" if self.sender == "raw" else f"_{self.sender}"
+        return f"{align}{variant}{control_suffix(self.control)}"
+
+    @property
+    def family(self) -> str:
+        return f"ac_{self.combine}{self._suffix()}"
+
+    @property
+    def name(self) -> str:
+        return f"ac_{self.combine}_k{fmt(self.k)}_j{fmt(self.j)}{self._suffix()}"
+
+    def splice(self, ctx: Context) -> Splice:
+        align = self.align
+        if align == "auto":
+            same = ctx.model("A").weight_sha256 == ctx.model("B").weight_sha256
+            align = "none" if same else "linear"
+        return Splice(source=Site("A", self.k, -1, self.stream), target=Site("B", self.j, -1, self.stream),
+                      combine=self.combine, align=Align(align))
+
+    def run(self, ctx: Context, items):
+        sources = [ctx.partner(it) for it in items] if self.control == "mismatched" else items
+        texts, costs = sender_texts(ctx, sources, self.sender, self.completion_tokens, self.temperature)
+        receiver = ctx.model("B")
+        prompts = {"A": texts, "B": [answer_prompt(receiver, ctx.task, it) for it in items]}
+        vector_control = self.control if self.control in ("random", "zero") else "none"
+        outcomes = answer(ctx, "B", prompts, items, [self.splice(ctx)], vector_control)
+        if self.control == "mismatched":
+            for outcome, source in zip(outcomes, sources):
+                outcome.extra["message_from"] = source.id
+        return add_costs(outcomes, costs)

@@ -1,0 +1,147 @@
+"""What a list of interventions compiles to for one request on one model.
+
+A ``Program`` starts as the encoded prompts of the acting role. Each spec's ``compile`` adds to it:
+input rewrites (soft tokens become ``inputs_embeds``, mask and positions follow), edits at
+resolved sites, captures. Messages from other models are fetched through the session, which
+caches them and charges their compute to the rows that use them; a control, when set, replaces
+every message (see ``interventions.controls``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .alignment import width_mismatch
+from .controls import apply_control
+from .errors import InterventionError, MissingRoleError, WidthMismatchError
+from .compute import Compute
+from .sites import Edit, ResolvedSite, resolve_site
+
+
+class SoftTokenError(InterventionError, ValueError):
+    pass
+
+
+class Program:
+    def __init__(self, session, role: str, prompts: dict[str, list[str]], control: str = "none"):
+        self.session = session
+        self.role = role
+        self.model = session.model(role)
+        if role not in prompts:
+            raise MissingRoleError(f"no prompts for model role {role!r}; got prompts for {sorted(prompts)}")
+        self.prompts = prompts
+        self.control = control
+        self.batch = self.model.encode(prompts[role])
+        self.edits: list[Edit] = []
+        self.captures: list = []           # (Site, ResolvedSite)
+        self.charges = [Compute() for _ in range(self.rows)]
+        self.maps: list = []               # the maps the specs went through (each can describe() itself)
+
+    @property
+    def rows(self) -> int:
+        return self.batch["attention_mask"].shape[0]
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.batch["attention_mask"]
+
+    def compile(self, specs) -> "Program":
+        for role in {r for spec in specs for r in spec.roles()} - set(self.session.models):
+            raise MissingRoleError(f"a spec acts on model role {role!r}, but the session has {sorted(self.session.models)}")
+        for spec in sorted((s for s in specs if self.role in s.roles()), key=lambda s: s.phase):
+            spec.compile(self)
+        return self
+
+    # ------------------------------------------------------------------ for spec kinds
+
+    def resolve(self, site) -> ResolvedSite:
+        return resolve_site(site, self.model, self.mask)
+
+    def add_edit(self, edit: Edit) -> None:
+        self.edits.append(edit)
+
+    def add_capture(self, site) -> None:
+        self.captures.append((site, self.resolve(site)))
+
+    def message(self, site) -> list[torch.Tensor]:
+        """Per row, the (n_pos, d) state of another model at ``site``, read from that role's prompts
+        (one per row, or one shared by all rows); charged to the rows; control applied."""
+        if site.model not in self.prompts:
+            raise MissingRoleError(f"the spec reads from model role {site.model!r}, but prompts were given "
+                                   f"for {sorted(self.prompts)} only")
+        prompts = list(self.prompts[site.model])
+        if len(prompts) == 1 and self.rows > 1:  # one source prompt is shared by every row
+            prompts = prompts * self.rows
+        if len(prompts) != self.rows:
+            raise InterventionError(
+                f"role {site.model!r} has {len(prompts)} prompts but role {self.role!r} has {self.rows}: give one "
+                f"source prompt per {self.role!r} prompt, or a single one that every row shares")
+        states, costs = self.session.states(site, prompts)
+        for charge, cost in zip(self.charges, costs):
+            charge.merge(cost)
+        return [apply_control(self.control, s, key) for s, key in zip(states, prompts)]
+
+    def messages_from(self, vectors: torch.Tensor) -> list[torch.Tensor]:
+        """User-given (n, d) vectors as every row's message, control applied."""
+        return [apply_control(self.control, vectors, str(row)) for row in range(self.rows)]
+
+    @staticmethod
+    def stacked(states: list[torch.Tensor], what: str) -> torch.Tensor:
+        if len({tuple(s.shape) for s in states}) > 1:
+            raise InterventionError(f"{what}: rows have different numbers of positions "
+                                    f"({sorted({s.shape[0] for s in states})}); use a fixed position")
+        return torch.stack(states)
+
+    def aligned(self, acts: torch.Tensor, align, source_site, target_layer) -> torch.Tensor:
+        """``acts`` from ``source_site``'s model mapped into this model's space at ``target_layer``
+        (a block, or "embed" for the input embeddings); width mismatches refused unless allowed."""
+        source = self.session.model(source_site.model)
+        mapping = self.session.alignment(align, source, source_site.layer, self.model, target_layer)
+        self.maps.append(mapping)
+        acts = mapping(acts)
+        if acts.shape[-1] != self.model.d_model and not getattr(mapping, "trailing", False):
+            raise width_mismatch(acts.shape[-1], self.model.d_model)
+        return acts
+
+    def check_width(self, vectors: torch.Tensor, what: str, embedding: bool = False) -> torch.Tensor:
+        if vectors.shape[-1] != self.model.d_model:
+            space = "input-embedding" if embedding else "residual"
+            raise WidthMismatchError(
+                f"{what}: width {vectors.shape[-1]} differs from {self.model.name}'s {space} width "
+                f"{self.model.d_model}. Give {self.model.d_model}-wide vectors, or take them from a source site "
+                "with align: {kind: linear} to fit a map.")
+        return vectors
+
+    def insert_embeddings(self, rows: list[torch.Tensor], at, markers: tuple[str, str]) -> None:
+        """Place ``rows[r]`` (n_r, d) into row r's input embeddings before token ``at`` (or at the
+        end), between the marker texts; re-left-pad; mask and positions follow."""
+        model, batch = self.model, self.batch
+        embed = model.adapter.embedding(model.hf)
+        with torch.inference_mode():
+            embeds = batch.get("inputs_embeds")
+            if embeds is None:
+                embeds = embed(batch["input_ids"])
+            before, after = (embed(torch.tensor(model.tokenizer(m, add_special_tokens=False)["input_ids"],
+                                                dtype=torch.long)) if m else embeds.new_zeros(0, embeds.shape[-1])
+                             for m in markers)
+        lengths = self.mask.sum(1).tolist()
+        total = embeds.shape[1]
+        sequences = []
+        for r, n in enumerate(lengths):
+            real = embeds[r, total - n:]
+            cut = n if at == "end" else (at if at >= 0 else n + at)
+            if not 0 <= cut <= n:
+                raise SoftTokenError(f"soft_tokens.at={at} is outside row {r}'s prompt of {n} tokens")
+            vectors = rows[r].to(real.device, real.dtype)
+            sequences.append(torch.cat([real[:cut], before, vectors, after, real[cut:]]))
+        width = max(len(s) for s in sequences)
+        limit = model.max_positions
+        if limit is not None and width > limit:
+            raise SoftTokenError(f"with the soft tokens the prompt is {width} positions long, past "
+                                 f"{model.name}'s context of {limit}; send fewer vectors or shorten the prompt")
+        padded = embeds.new_zeros(len(sequences), width, embeds.shape[-1])
+        mask = torch.zeros(len(sequences), width, dtype=self.mask.dtype)
+        for r, seq in enumerate(sequences):
+            padded[r, width - len(seq):] = seq
+            mask[r, width - len(seq):] = 1
+        self.batch = {"inputs_embeds": padded, "attention_mask": mask}

@@ -1,0 +1,336 @@
+"""The one executor: a session holds the models of a run, the backend, the caches and the compute.
+
+Every request (``forward``, ``capture``, ``generate``, ``loglikelihood``, ``decode``) takes any list
+of interventions, compiles them into a ``Program`` for the acting role, runs it on the backend, and
+returns per-row results with their ``Compute`` (tokens per role, analytic FLOPs, wall time)
+already charged, sources included. ``iv.run`` and every harness protocol go through here.
+
+``prompts`` is a list of prompts for the acting role, or a dict mapping roles to prompt lists
+when interventions read other models (a splice's source role reads its own prompts).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .alignment import MAPS
+from .backends import DEFAULT_BACKEND, get_backend
+from .compute import Compute, ModelShape
+from .errors import MissingRoleError
+from .models.loaded import LoadedModel
+from .program import Program
+from .sites import Edit, ResolvedSite, decode_positions, resolve_positions
+from .spec import Capture
+
+
+@dataclass
+class Forward:
+    logits: torch.Tensor | None           # (rows, seq, vocab); None when stopped after the captures
+    captures: dict                        # Site -> (rows, n_pos, d)
+    attention_mask: torch.Tensor          # (rows, seq): which positions of a padded batch are real
+    compute: list[Compute]
+    maps: list = field(default_factory=list)   # maps the interventions went through (describe())
+
+
+@dataclass
+class Generation:
+    texts: list[str]
+    ids: torch.Tensor                     # (rows, new tokens)
+    prompt_tokens: list[int]
+    new_tokens: list[int]                 # up to and including end-of-sequence
+    compute: list[Compute]
+    maps: list = field(default_factory=list)   # maps the interventions went through (describe())
+
+
+@dataclass
+class ChoiceScores:
+    logliks: list[list[float]]            # per item, per choice: summed log-prob of the continuation
+    tokens: list[int]                     # tokens processed per item (context and all choices)
+    compute: list[Compute]
+    maps: list = field(default_factory=list)   # maps the interventions went through (describe())
+
+
+@dataclass
+class Step:
+    """What a decoding policy sees at one step: the next-token logits of every row."""
+
+    index: int
+    logits: torch.Tensor                  # (rows, vocab), float32
+    hidden: torch.Tensor | None           # (rows, d) last hidden state, when the policy asks for it
+    finished: torch.Tensor                # (rows,) bool: rows that already emitted end-of-sequence
+
+
+@dataclass
+class Decoded(Generation):
+    entropy: torch.Tensor | None = None   # (rows, steps) next-token entropy in nats
+    logits: torch.Tensor | None = None    # (rows, steps, vocab), when keep_logits
+    hidden: torch.Tensor | None = None    # (rows, steps, d), when the policy needs hidden states
+    cache: object = None                  # the KV cache after the last fed step
+
+
+Policy = Callable[[Step], torch.Tensor]   # returns token ids (rows,) or input embeddings (rows, d)
+
+
+def greedy(step: Step) -> torch.Tensor:
+    return step.logits.argmax(-1)
+
+
+class Sampler:
+    """Sampling at ``temperature`` with one generator per row, seeded by ``seeds``: a row's tokens do
+    not depend on which other rows share its batch."""
+
+    def __init__(self, temperature: float, seeds: list[int]):
+        self.temperature = temperature
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+
+    def __call__(self, step: Step) -> torch.Tensor:
+        if self.temperature <= 0:
+            return greedy(step)
+        probs = torch.softmax(step.logits / self.temperature, dim=-1)
+        return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators)])
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def tokens_until_eos(row: torch.Tensor, eos: int | None) -> int:
+    hits = (row == eos).nonzero()
+    return int(hits[0]) + 1 if len(hits) else len(row)
+
+
+class Session:
+    def __init__(self, models: dict[str, LoadedModel] | LoadedModel, backend=DEFAULT_BACKEND):
+        if isinstance(models, LoadedModel):
+            models = {"A": models, "B": models}
+        self.models = dict(models)
+        self.backend = get_backend(backend)
+        self.total = Compute()            # everything this session has charged
+        self.memo: dict = {}              # for protocols' own reusable work (e.g. sender completions)
+        self._states: dict = {}
+        self._maps: dict = {}
+        self._shapes: dict = {}
+
+    # ------------------------------------------------------------------ models and caches
+
+    def model(self, role: str) -> LoadedModel:
+        if role not in self.models:
+            raise MissingRoleError(f"model role {role!r} is needed, but the session has {sorted(self.models)}")
+        return self.models[role]
+
+    def shape(self, role: str) -> ModelShape:
+        if role not in self._shapes:  # counting parameters walks the whole model: do it once
+            self._shapes[role] = ModelShape.from_hf(self.model(role).hf)
+        return self._shapes[role]
+
+    def program(self, role: str, prompts, interventions=(), control: str = "none") -> Program:
+        if not isinstance(prompts, dict):
+            prompts = {role: [prompts] if isinstance(prompts, str) else list(prompts)}
+        prompts = {r: [p] if isinstance(p, str) else list(p) for r, p in prompts.items()}
+        return Program(self, role, prompts, control).compile(list(interventions))
+
+    def states(self, site, prompts: list[str]) -> tuple[list[torch.Tensor], list[Compute]]:
+        """``site``'s (n_pos, d) state for each prompt, read by a forward stopped after its block;
+        computed once per prompt and kept. Every row is charged the forward, cached or not."""
+        model = self.model(site.model)
+        block = model.resolve_layer(site.layer)
+        keys = [(site.model, model.weight_sha256, p, block, site.stream, site.position) for p in prompts]
+        missing = list(dict.fromkeys(k for k in keys if k not in self._states))
+        first_use: dict = {}
+        if missing:
+            start = time.perf_counter()
+            batch = model.encode([k[2] for k in missing])
+            mask = batch["attention_mask"]
+            resolved = ResolvedSite(block, site.stream, resolve_positions(site.position, mask))
+            acts = self.backend.forward(model, batch, captures=[resolved], stop_after_captures=True).captures[0]
+            lengths = mask.sum(1).tolist()
+            for i, key in enumerate(missing):  # "all" keeps only the real (unpadded) positions
+                value = acts[i, acts.shape[1] - lengths[i]:] if site.position == "all" else acts[i]
+                self._states[key] = (value, lengths[i])
+            share = (time.perf_counter() - start) / len(missing)
+            first_use = {key: share for key in missing}
+        costs = []
+        for key in keys:
+            cost = Compute(wall_s=first_use.pop(key, 0.0))
+            cost.add_prefill(site.model, self.shape(site.model), self._states[key][1], upto_layer=block)
+            costs.append(cost)
+        return [self._states[k][0] for k in keys], costs
+
+    def alignment(self, align, source: LoadedModel, source_layer, target: LoadedModel, target_layer):
+        """The map ``align`` names, from source block to target block (or "embed"); fitted once."""
+        k = source.resolve_layer(source_layer)
+        j = target_layer if target_layer == "embed" else target.resolve_layer(target_layer)
+        key = (align, source.weight_sha256, k, target.weight_sha256, j)
+        if key not in self._maps:
+            self._maps[key] = MAPS.get(align.kind)(source, k, target, j, align)
+        return self._maps[key]
+
+    def _charged(self, program: Program, elapsed: float, charge) -> list[Compute]:
+        """Per row: the program's source charges, this request's own charge, a share of the wall time."""
+        out = []
+        for row, sources in enumerate(program.charges):
+            cost = Compute(wall_s=elapsed / program.rows).merge(sources)
+            charge(row, cost)
+            self.total.merge(cost)
+            out.append(cost)
+        return out
+
+    # ------------------------------------------------------------------ requests
+
+    def forward(self, role: str, prompts, interventions=(), control: str = "none",
+                stop_early: bool = False) -> Forward:
+        """One forward pass; with ``stop_early`` it ends after the last capture (no logits)."""
+        program = self.program(role, prompts, interventions, control)
+        start = time.perf_counter()
+        out = self.backend.forward(program.model, program.batch, captures=[r for _, r in program.captures],
+                                   edits=program.edits, stop_after_captures=stop_early)
+        elapsed = time.perf_counter() - start
+        upto = max((r.block for _, r in program.captures), default=None) if out.logits is None else None
+        lengths = program.mask.sum(1).tolist()
+        compute = self._charged(program, elapsed,
+                                lambda row, c: c.add_prefill(role, self.shape(role), lengths[row], upto_layer=upto))
+        captures = {site: value for (site, _), value in zip(program.captures, out.captures)}
+        return Forward(out.logits, captures, program.mask, compute, program.maps)
+
+    def capture(self, role: str, prompts, sites, interventions=(), control: str = "none",
+                stop_early: bool = True) -> Forward:
+        """Activations at ``sites`` of ``role``: ``captures[site]`` is (rows, n_pos, d); with
+        position "all" the padded positions are included and ``attention_mask`` says which are real."""
+        return self.forward(role, prompts, [*interventions, Capture(tuple(sites))], control, stop_early)
+
+    def generate(self, role: str, prompts, interventions=(), max_new_tokens: int = 16, control: str = "none",
+                 seed: int | None = None, **sampling) -> Generation:
+        """Batched ``generate`` with the KV cache; greedy unless ``do_sample=True`` (seeded by ``seed``)."""
+        program = self.program(role, prompts, interventions, control)
+        model = program.model
+        start = time.perf_counter()
+        if seed is not None:
+            torch.manual_seed(seed)
+        ids = self.backend.generate(model, program.batch, program.edits, max_new_tokens, **sampling)
+        elapsed = time.perf_counter() - start
+        return self._generation(Generation, program, ids, elapsed)
+
+    def _generation(self, cls, program: Program, ids: torch.Tensor, elapsed: float, **extra):
+        model, role = program.model, program.role
+        prompt_tokens = program.mask.sum(1).tolist()
+        new = [tokens_until_eos(row, model.tokenizer.eos_token_id) for row in ids]
+        compute = self._charged(program, elapsed, lambda row, c: c.add_generation(
+            role, self.shape(role), prompt_tokens[row], new[row]))
+        texts = model.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        return cls(texts, ids, prompt_tokens, new, compute, program.maps, **extra)
+
+    @torch.inference_mode()
+    def loglikelihood(self, role: str, prompts, choices: list[tuple[str, ...]], interventions=(),
+                      control: str = "none", items_per_forward: int = 8) -> ChoiceScores:
+        """lm-evaluation-harness style: each context (``role``'s prompt) and " choice" tokenized
+        separately, then joined. Each context runs once, with the interventions, and its KV cache is
+        shared by all of its choices, which run on the plain model."""
+        contexts = prompts[role] if isinstance(prompts, dict) else list(prompts)
+        logliks, tokens, compute, maps = [], [], [], []
+        for start in range(0, len(contexts), items_per_forward):
+            stop = start + items_per_forward
+            chunk = {r: (p[start:stop] if len(p) > 1 else p) for r, p in prompts.items()} \
+                if isinstance(prompts, dict) else contexts[start:stop]
+            part = self._chunk_logliks(role, chunk, choices[start:stop], interventions, control)
+            logliks += part.logliks
+            tokens += part.tokens
+            compute += part.compute
+            maps = part.maps
+        return ChoiceScores(logliks, tokens, compute, maps)
+
+    def _chunk_logliks(self, role, prompts, choices, interventions, control) -> ChoiceScores:
+        program = self.program(role, prompts, interventions, control)
+        model, tok = program.model, program.model.tokenizer
+        start = time.perf_counter()
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        mask = program.mask
+        # pass 1: the contexts, with the interventions; keep the cache and the last logits.
+        # padding-aware positions (as generate uses), passed explicitly so every backend agrees
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        first = self.backend.forward(model, {**program.batch, "position_ids": positions, "use_cache": True,
+                                             "logits_to_keep": 1}, edits=program.edits)
+        first_lp = torch.log_softmax(first.logits[:, -1].float(), dim=-1)
+        # pass 2: every choice continues its context's cache (right-padded; pads come after)
+        cont_ids = [[tok(" " + o, add_special_tokens=False)["input_ids"] for o in opts] for opts in choices]
+        rows = [(i, c) for i, conts in enumerate(cont_ids) for c in conts]
+        width = max(len(c) for _, c in rows)
+        cont = torch.full((len(rows), width), pad, dtype=torch.long)
+        cont_mask = torch.zeros_like(cont)
+        for r, (_, c) in enumerate(rows):
+            cont[r, :len(c)] = torch.tensor(c)
+            cont_mask[r, :len(c)] = 1
+        owner = torch.tensor([i for i, _ in rows])
+        cache = first.cache
+        cache.reorder_cache(owner)
+        cont_positions = mask.sum(1)[owner, None] + torch.arange(width)
+        second = model.hf(input_ids=cont, attention_mask=torch.cat([mask[owner], cont_mask], 1),
+                          position_ids=cont_positions, past_key_values=cache, use_cache=True)
+        later_lp = torch.log_softmax(second.logits[:, :-1].float(), dim=-1)
+        out: list[list[float]] = [[] for _ in cont_ids]
+        for r, (i, c) in enumerate(rows):
+            total = float(first_lp[i, c[0]])
+            if len(c) > 1:
+                total += float(later_lp[r, torch.arange(len(c) - 1), torch.tensor(c[1:])].sum())
+            out[i].append(total)
+        elapsed = time.perf_counter() - start
+        lengths = mask.sum(1).tolist()
+        tokens = [n + sum(len(c) for c in conts) for n, conts in zip(lengths, cont_ids)]
+        compute = self._charged(program, elapsed,
+                                lambda row, c: c.add_prefill(role, self.shape(role), tokens[row]))
+        return ChoiceScores(out, tokens, compute, program.maps)
+
+    @torch.inference_mode()
+    def decode(self, role: str, prompts, interventions=(), max_new_tokens: int = 16, policy: Policy = greedy,
+               control: str = "none", keep_logits: bool = False, needs_hidden: bool = False) -> Decoded:
+        """Step-wise decoding with the KV cache. At each step ``policy(Step)`` returns the next token
+        ids (rows,) or input embeddings (rows, d) to feed. Records every step's next-token entropy
+        (and logits, hidden states when asked). Greedy decoding gives ``generate``'s tokens."""
+        program = self.program(role, prompts, interventions, control)
+        model, tok = program.model, program.model.tokenizer
+        start = time.perf_counter()
+        rows = program.rows
+        eos = tok.eos_token_id
+        pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+        mask = program.mask
+        position = (mask.cumsum(1) - 1).clamp(min=0)
+        out = self.backend.forward(model, {**program.batch, "position_ids": position, "use_cache": True,
+                                           "logits_to_keep": 1, "output_hidden_states": needs_hidden},
+                                   edits=program.edits)
+        # after the prompt, edits that apply at every step act on the one new position
+        step_edits = [Edit(ResolvedSite(e.site.block, e.site.stream, decode_positions(rows)), e.fn)
+                      for e in program.edits if e.every_step]
+        finished = torch.zeros(rows, dtype=torch.bool)
+        ids, entropies, logits_kept, hidden_kept = [], [], [], []
+        position = position[:, -1:]
+        for index in range(max_new_tokens):
+            logits = out.logits[:, -1].float()
+            hidden = out.hidden[:, -1] if needs_hidden else None
+            chosen = policy(Step(index, logits, hidden, finished.clone()))
+            as_embeds = chosen.is_floating_point()
+            # an embedding step is recorded as the token the logits favour (its text reading, and EOS)
+            token = logits.argmax(-1) if as_embeds else chosen.long()
+            token = torch.where(finished, torch.full_like(token, pad), token)
+            ids.append(token)
+            entropies.append(entropy(logits))
+            if keep_logits:
+                logits_kept.append(logits)
+            if needs_hidden:
+                hidden_kept.append(hidden)
+            finished |= token == eos
+            if bool(finished.all()) or index == max_new_tokens - 1:
+                break
+            mask = torch.cat([mask, torch.ones(rows, 1, dtype=mask.dtype)], 1)
+            position = position + 1
+            feed = {"inputs_embeds": chosen[:, None].to(out.logits.dtype)} if as_embeds else {"input_ids": token[:, None]}
+            out = self.backend.forward(model, {**feed, "attention_mask": mask, "position_ids": position,
+                                               "past_key_values": out.cache, "use_cache": True,
+                                               "output_hidden_states": needs_hidden}, edits=step_edits)
+        elapsed = time.perf_counter() - start
+        stack = lambda xs: torch.stack(xs, 1) if xs else None  # noqa: E731
+        return self._generation(Decoded, program, torch.stack(ids, 1), elapsed, entropy=stack(entropies),
+                                logits=stack(logits_kept), hidden=stack(hidden_kept), cache=out.cache)
