@@ -65,6 +65,43 @@ def _cmd_run(args) -> None:
     run_experiment_cli(args)
 
 
+def _type_name(annotation) -> str:
+    import typing
+
+    if typing.get_origin(annotation) is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(annotation))
+    if typing.get_args(annotation) and typing.get_origin(annotation) in (typing.Union, __import__("types").UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(annotation))
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _cmd_protocols(args) -> None:
+    from .harness.plugins import load_plugins
+    from .harness.protocols import PROTOCOLS
+
+    load_plugins(args.plugin)
+    for name, cls in PROTOCOLS.items():
+        doc = (cls.__doc__ or "").strip().split("\n")[0]
+        print(f"{name}  (roles {', '.join(cls.roles)})  {doc}")
+        for field, info in cls.model_fields.items():
+            default = "required" if info.is_required() else f"default {info.default!r}"
+            kind = _type_name(info.annotation)
+            note = f"  # {info.description}" if info.description else ""
+            print(f"    {field}: {kind}, {default}{note}")
+    from .alignment import MAPS
+    from .combine import COMBINES
+    from .controls import CONTROLS
+    from .spec import KINDS
+    print(f"\ncombine functions: {', '.join(COMBINES)}\nalignment maps: {', '.join(MAPS)}\n"
+          f"controls: {', '.join(CONTROLS)}, mismatched (harness)\nspec kinds: {', '.join(KINDS)}")
+
+
+def _cmd_eval(args) -> None:
+    from .harness.evaluate import eval_cli
+
+    eval_cli(args)
+
+
 def _cmd_report(args) -> None:
     from .harness.runner import report_cli
 
@@ -110,6 +147,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output dir (default results/<experiment>/)")
     p.add_argument("--backend", choices=BACKENDS, default=None)
     p.set_defaults(fn=_cmd_run)
+
+    p = sub.add_parser("protocols", help="list every protocol kind with its fields, defaults and doc")
+    p.add_argument("--plugin", action="append", default=[], help="a plugin file or module to load first")
+    p.set_defaults(fn=_cmd_protocols)
+
+    p = sub.add_parser("eval", help="score one spec file or plugin against silent, skyline and three controls")
+    p.add_argument("target", help="a spec file (.yaml/.json) or a plugin (.py file or module)")
+    p.add_argument("--task", default="countries")
+    p.add_argument("--pair", default="smollm2-135m,smollm2-135m", help="A,B model names")
+    p.add_argument("--n", type=int, default=50)
+    p.add_argument("--out", default=None, help="output dir (default out/eval_<name>/)")
+    p.add_argument("--backend", choices=BACKENDS, default="torch")
+    p.add_argument("--k", type=int, default=8, help="sender block, for a plugin's combine functions")
+    p.add_argument("--j", type=int, default=8, help="receiver block, for a plugin's combine functions")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, default=12)
+    p.set_defaults(fn=_cmd_eval)
 
     p = sub.add_parser("report", help="rebuild summary.md, summary.json and plots of an experiment")
     p.add_argument("experiment")

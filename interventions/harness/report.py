@@ -97,6 +97,40 @@ def paired_differences(rows: list[dict], baseline_protocol: str | dict | None, n
     return out
 
 
+def control_differences(rows: list[dict], n_boot: int = 10000, seed: int = 0) -> list[dict]:
+    """Per task and model pair: each channel minus each of its controls (the same protocol spec
+    with ``control`` set), on shared items. A channel carries information only if it beats them."""
+    def channel(r):
+        spec = dict(r.get("protocol_spec") or {})
+        control = spec.pop("control", None)
+        return json.dumps(spec, sort_keys=True), control
+
+    out = []
+    for (task, pair), grp in _groups(rows, lambda r: (r["task"], model_pair(r))).items():
+        by_channel = defaultdict(dict)
+        for r in grp:
+            spec, control = channel(r)
+            if control is not None:
+                by_channel[spec].setdefault(control, []).append(r)
+        for variants in by_channel.values():
+            if "none" not in variants or len(variants) < 2:
+                continue
+            real = _per_item(variants["none"])
+            for control, crows in variants.items():
+                if control == "none":
+                    continue
+                other = _per_item(crows)
+                shared = [i for i in real if i in other]
+                if not shared:
+                    continue
+                res = paired_bootstrap_diff([real[i] for i in shared], [other[i] for i in shared], n_boot, seed)
+                out.append({"task": task, "model_pair": pair, "protocol": variants["none"][0]["protocol"],
+                            "control": control, "control_protocol": crows[0]["protocol"], "n_shared": len(shared),
+                            "acc": _mean([real[i] for i in shared]), "control_acc": _mean([other[i] for i in shared]),
+                            **res})
+    return out
+
+
 def _baseline_for(task, trows, baseline_protocol):
     if isinstance(baseline_protocol, dict):
         return baseline_protocol.get(task)
@@ -144,6 +178,21 @@ def _paired_md(diffs) -> list[str]:
         lines.append(f"| {d['task']} | {d['protocol']} | {d['model_pair']} | {d['baseline']} | {d['n_shared']} | "
                      f"{d['acc']:.3f} | {d['baseline_acc']:.3f} | "
                      f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] | {d['p_value_two_sided']:.4f} |")
+    return lines + [""]
+
+
+def _controls_md(diffs) -> list[str]:
+    if not diffs:
+        return []
+    lines = ["## Channels against their controls (channel − control, shared items, bootstrap 95% CI)", "",
+             "A control keeps everything but the message: `random` is a seeded vector of the message's norm, "
+             "`zero` sends nothing, `mismatched` sends the message of another item of the task.", "",
+             "| task | channel | control | n shared | channel acc | control acc | Δ [95% CI] | p |",
+             "|---|---|---|---|---|---|---|---|"]
+    for d in diffs:
+        lines.append(f"| {d['task']} | {d['protocol']} | {d['control']} | {d['n_shared']} | {d['acc']:.3f} | "
+                     f"{d['control_acc']:.3f} | {d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] | "
+                     f"{d['p_value_two_sided']:.4f} |")
     return lines + [""]
 
 
@@ -308,6 +357,7 @@ def write_report(rows: list[dict], out_dir, title: str, notes_md: str = "",
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize(rows)
     diffs = paired_differences(rows, baseline_protocol)
+    controls = control_differences(rows)
 
     plots = [_plot_accuracy(plt, task, entries, out_dir)
              for task, entries in _groups(summary, lambda s: s["task"]).items()]
@@ -317,14 +367,15 @@ def write_report(rows: list[dict], out_dir, title: str, notes_md: str = "",
 
     md = [f"# {title}", "", f"{len(rows)} result rows. Accuracy is the mean score; CIs are Wilson 95%. "
           "FLOPs are analytic (Kaplan-style accounting), tokens are summed over model roles.", ""]
-    md += _summary_md(summary) + _paired_md(diffs)
+    md += _summary_md(summary) + _paired_md(diffs) + _controls_md(controls)
     md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     if notes_md:
         md += [notes_md]
     (out_dir / "summary.md").write_text("\n".join(md) + "\n")
 
     payload = {"title": title, "n_rows": len(rows), "summary": summary, "paired_differences": diffs,
+               "control_differences": controls,
                "plots": [p.name for p in plots]}
     (out_dir / "summary.json").write_text(json.dumps(_json_safe(payload), indent=2, default=str))
     files = [out_dir / "summary.json", out_dir / "summary.md", *plots]
-    return {"summary": summary, "paired": diffs, "files": files}
+    return {"summary": summary, "paired": diffs, "controls": controls, "files": files}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 from typing import Literal
 
-from pydantic import NonNegativeFloat, PositiveInt, field_validator
+from pydantic import Field, NonNegativeFloat, PositiveInt, field_validator
 
 from ...alignment import MAPS
 from ...combine import COMBINES
@@ -62,18 +62,20 @@ def sender_texts(ctx: Context, items, sender: str, completion_tokens: int = 0, t
 
 @register_protocol("ac")
 class AC(Protocol):
+    """Activation communication: A's last-token state at block k, combined into B's at block j."""
+
     roles = ("A", "B")
     sweep = ("k", "j")
 
-    k: Layer                                   # sender block (int, or relative depth)
-    j: Layer                                   # receiver block
-    combine: str = "replace"                   # a registered combine function
-    align: str = "none"                        # a registered map, or auto (linear across models, none within one)
+    k: Layer = Field(description="sender block: an int, or a relative depth ('50%' or 0.5)")
+    j: Layer = Field(description="receiver block")
+    combine: str = Field("replace", description="a registered combine function")
+    align: str = Field("none", description="a registered map, or auto: linear across models, none within one")
     stream: str = "resid_post"
-    sender: Literal["raw", "chat", "completion"] = "raw"
-    completion_tokens: PositiveInt = 32
-    temperature: NonNegativeFloat = 0.7
-    control: Control = "none"
+    sender: Literal["raw", "chat", "completion"] = Field("raw", description="what A reads (see module doc)")
+    completion_tokens: PositiveInt = Field(32, description="sender=completion: A writes up to this many tokens")
+    temperature: NonNegativeFloat = Field(0.7, description="sender=completion: sampling temperature")
+    control: Control = Field("none", description="replace the message: random, zero or mismatched")
 
     @field_validator("combine")
     @classmethod

@@ -35,6 +35,8 @@ def spec_of(path: str):
 
 @register_protocol("intervention")
 class Intervention(Protocol):
+    """Any spec file, applied while the acting role answers; other roles read their sender prompts."""
+
     spec: str                                  # path of a spec file (relative to the experiment file)
     sender: Literal["raw", "chat"] = "raw"
     control: Control = "none"

@@ -10,6 +10,8 @@ from .base import Context, Protocol, add_costs, answer, register_protocol
 
 @register_protocol("nl_message")
 class NLMessage(Protocol):
+    """A writes one sentence about its private context; B reads it as text."""
+
     roles = ("A", "B")
     private_context = True
     message_tokens: PositiveInt = 24
