@@ -17,17 +17,6 @@ from interventions.harness.protocols import UnknownProtocolError
 from interventions.harness.runner import run_experiment
 from interventions.harness.store import read_rows
 from interventions.harness.tasks import UnknownTaskError
-from tiny_models import tiny_model
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    """A tiny Llama saved as a local model directory, loadable by name like any user model."""
-    model = tiny_model("llama")
-    directory = tmp_path_factory.mktemp("tiny-llama")
-    model.hf.save_pretrained(directory)
-    model.tokenizer.save_pretrained(directory)
-    return directory
 
 
 def write_experiment(path: Path, model_dir: Path, **overrides) -> Path:

@@ -34,8 +34,9 @@ def _envoy(traced, model: LoadedModel, block: int, stream: str):
 
 
 def _ops(captures, edits):
-    ops = [(site.order, "capture", site, i) for i, site in enumerate(captures)]
-    ops += [(edit.site.order, "edit", edit.site, EditState(edit)) for edit in edits]
+    """Forward order; at one site edits come first, so a capture there reads the edited stream."""
+    ops = [(edit.site.order, "edit", edit.site, EditState(edit)) for edit in edits]
+    ops += [(site.order, "capture", site, i) for i, site in enumerate(captures)]
     return sorted(ops, key=lambda op: op[0])
 
 

@@ -36,14 +36,14 @@ def installed_hooks(model, captures: CaptureState | None, edits: list[Edit]):
             handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
 
     try:
+        for edit in edits:  # edits first: a capture at an edited site reads the edited stream
+            add(edit.site.block, edit.site.stream, EditState(edit))
         if captures is not None:
             for index, site in enumerate(captures.sites):
                 def record(acts, index=index):
                     captures.record(index, acts)
                     return acts
                 add(site.block, site.stream, record)
-        for edit in edits:
-            add(edit.site.block, edit.site.stream, EditState(edit))
         yield
     finally:
         for handle in handles:

@@ -29,15 +29,15 @@ def bridge_for(model: LoadedModel):
 def _hooks(model: LoadedModel, captures: CaptureState | None, edits: list[Edit]) -> list[tuple[str, object]]:
     hook_name = model.adapter.hook_name
     hooks = []
+    for edit in edits:  # edits first: a capture at an edited site reads the edited stream
+        state = EditState(edit)
+        hooks.append((hook_name(edit.site.block, edit.site.stream), lambda acts, hook, state=state: state(acts)))
     if captures is not None:
         for index, site in enumerate(captures.sites):
             def record(acts, hook, index=index):
                 captures.record(index, acts)
                 return acts
             hooks.append((hook_name(site.block, site.stream), record))
-    for edit in edits:
-        state = EditState(edit)
-        hooks.append((hook_name(edit.site.block, edit.site.stream), lambda acts, hook, state=state: state(acts)))
     return hooks
 
 
