@@ -18,6 +18,18 @@ from interventions.harness.runner import run_experiment
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
+@pytest.fixture(autouse=True)
+def forget_plugin_names():
+    """Plugins register names for the whole process; keep other tests' registries as they were."""
+    from interventions.harness.protocols import PROTOCOLS
+
+    before = {registry: set(registry.names()) for registry in (iv.COMBINES, PROTOCOLS)}
+    yield
+    for registry, names in before.items():
+        for name in set(registry.names()) - names:
+            del registry[name]
+
+
 def experiment(path: Path, model_dir: Path, protocols: list, plugins=(), n: int = 6) -> Path:
     path.write_text(json.dumps({"name": "plugins", "max_new_tokens": 4, "batch_size": 3, "plugins": list(plugins),
                                 "pairs": [{"A": str(model_dir), "B": str(model_dir)}],
@@ -86,7 +98,6 @@ def test_bad_plugins_are_named(tmp_path):
     load_plugin(str(tmp_path / "one.py"))  # the same file again: fine
     with pytest.raises(iv.PluginError, match="'clash' is registered twice: by .*one.py.* and by .*two.py"):
         load_plugin(str(tmp_path / "two.py"))
-    del iv.COMBINES["clash"]
 
 
 def test_tracing_function_with_the_wrong_count_says_what_was_expected(tmp_path, tiny_dir):

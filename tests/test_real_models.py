@@ -87,8 +87,20 @@ def test_quickstart_runs_end_to_end(tmp_path):
 
     experiment = load_experiment("quickstart")
     rows = run_experiment(experiment, tmp_path, limit=2, progress=False)
-    # countries: silent, skyline, nl_message, 3 AC; arc_easy: silent, 3 AC — 2 items each
-    assert len(rows) == 2 * 6 + 2 * 4
+    # countries: silent, skyline, nl_message, 3 AC, 3 controls; arc_easy: silent, 3 AC — 2 items each
+    assert len(rows) == 2 * 9 + 2 * 4
     assert all(0.0 <= r["score"] <= 1.0 and r["compute"]["flops"] > 0 for r in rows)
     files = report(experiment, tmp_path)["files"]
     assert (tmp_path / "summary.md").exists() and any(p.suffix == ".png" for p in files)
+
+
+def test_readme_eval_command_scores_the_plugin(tmp_path):
+    """The README's "Write and score a new intervention" command, exactly (plus --out)."""
+    command = [sys.executable, "-m", "interventions.cli", "eval", "examples/plugin_combine.py", "--task", "countries",
+               "--pair", "smollm2-135m,smollm2-135m", "--n", "50", "--out", str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for protocol in ("silent", "skyline", "ac_orthogonal_k8_j8", "ac_orthogonal_k8_j8_ctl-random",
+                     "ac_orthogonal_k8_j8_ctl-mismatched", "ac_orthogonal_k8_j8_ctl-zero"):
+        assert f"| {protocol} | 50 |" in done.stdout
+    assert "Channels against their controls" in done.stdout

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UnknownModelError, suggest
 from .cache import ensure_cached, entry_cache_dir, read_marker
 from .loaded import LoadedModel
 from .zoo import ZOO
@@ -31,10 +30,7 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, reuse: bool = True
     elif "/" in name:
         model = _from_directory(name, name, dtype, None, f"hub {name}")
     else:
-        raise UnknownModelError(
-            f"unknown model {name!r}.{suggest(name, list(ZOO))} Known names: {', '.join(ZOO)}; "
-            "or pass a Hugging Face id (org/name) or a local directory."
-        )
+        ZOO.get(name)  # raises, suggesting close names
     if reuse:
         _LOADED[key] = model
     return model

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..errors import UnknownModelError, suggest
+from ..errors import UnknownModelError
+from ..registry import Registry
 from .carriers import concatenate, package_dir
 
 
@@ -79,15 +80,12 @@ QWEN25_CODER = ZooEntry(
     optional=True, notes="optional; unofficial re-quantized packaging, hash not published",
 )
 
-ZOO: dict[str, ZooEntry] = {e.name: e for e in (SMOLLM2, GEMMA3, QWEN25_CODER)}
+ZOO: Registry[ZooEntry] = Registry("model", UnknownModelError,
+                                   "Or pass a Hugging Face id (org/name) or a local directory.")
+for _entry in (SMOLLM2, GEMMA3, QWEN25_CODER):
+    ZOO.register(_entry.name, _entry)
 DEFAULT_MODEL = SMOLLM2.name
 
 
 def zoo_entry(name: str) -> ZooEntry:
-    try:
-        return ZOO[name]
-    except KeyError:
-        raise UnknownModelError(
-            f"unknown model {name!r}.{suggest(name, list(ZOO))} Known names: {', '.join(ZOO)}; "
-            "or pass a Hugging Face id (org/name) or a local directory."
-        ) from None
+    return ZOO.get(name)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ...registry import Registry
 from .base import Task
 from .errors import UnknownTaskError
 
-_TASKS: dict[str, Callable[..., Task]] = {}
-_FAMILIES: dict[str, tuple[Callable[..., Task], Callable[[], list[str]] | None]] = {}
+_TASKS: Registry[Callable[..., Task]] = Registry("task")
+_FAMILIES: Registry[tuple[Callable[..., Task], Callable[[], list[str]] | None]] = Registry("task family")
 
 
 def register_task(name: str, list_members: Callable[[], list[str]] | None = None):
@@ -21,12 +22,16 @@ def register_task(name: str, list_members: Callable[[], list[str]] | None = None
 
     def deco(factory):
         if name.endswith("/*"):
-            _FAMILIES[name[:-1]] = (factory, list_members)
+            _FAMILIES.register(name[:-1], (factory, list_members), origin=_origin(factory))
         else:
-            _TASKS[name] = factory
+            _TASKS.register(name, factory)
         return factory
 
     return deco
+
+
+def _origin(factory) -> str:
+    return f"{getattr(factory, '__module__', '?')}:{getattr(factory, '__qualname__', '?')}"
 
 
 def _family_members(prefix: str) -> list[str]:
@@ -48,7 +53,7 @@ def available_tasks(include_families: bool = True) -> list[str]:
 
 def get_task(name: str, **kwargs) -> Task:
     if name in _TASKS:
-        return _TASKS[name](**kwargs)
+        return _TASKS.get(name)(**kwargs)
     for prefix, (factory, _) in _FAMILIES.items():
         if name.startswith(prefix) and len(name) > len(prefix):
             return factory(name[len(prefix):], **kwargs)
