@@ -84,16 +84,10 @@ def paired_differences(rows: list[dict], baseline_protocol: str | dict | None, n
             same_pair = [r for r in base_rows if model_pair(r) == pair]
             if protocol == base_name and same_pair:
                 continue  # the baseline against itself
-            base = _per_item(same_pair or base_rows)
-            mine = _per_item(grp)
-            shared = [i for i in mine if i in base]
-            if not shared:
-                continue
-            res = paired_bootstrap_diff([mine[i] for i in shared], [base[i] for i in shared],
-                                        n_boot=n_boot, seed=seed)
-            out.append({"task": task, "protocol": protocol, "model_pair": pair, "baseline": base_name,
-                        "n_shared": len(shared), "acc": _mean([mine[i] for i in shared]),
-                        "baseline_acc": _mean([base[i] for i in shared]), **res})
+            res = _paired(grp, same_pair or base_rows, n_boot, seed)
+            if res:
+                res["baseline_acc"] = res.pop("other_acc")
+                out.append({"task": task, "protocol": protocol, "model_pair": pair, "baseline": base_name, **res})
     return out
 
 
@@ -115,20 +109,24 @@ def control_differences(rows: list[dict], n_boot: int = 10000, seed: int = 0) ->
         for variants in by_channel.values():
             if "none" not in variants or len(variants) < 2:
                 continue
-            real = _per_item(variants["none"])
             for control, crows in variants.items():
-                if control == "none":
-                    continue
-                other = _per_item(crows)
-                shared = [i for i in real if i in other]
-                if not shared:
-                    continue
-                res = paired_bootstrap_diff([real[i] for i in shared], [other[i] for i in shared], n_boot, seed)
-                out.append({"task": task, "model_pair": pair, "protocol": variants["none"][0]["protocol"],
-                            "control": control, "control_protocol": crows[0]["protocol"], "n_shared": len(shared),
-                            "acc": _mean([real[i] for i in shared]), "control_acc": _mean([other[i] for i in shared]),
-                            **res})
+                res = _paired(variants["none"], crows, n_boot, seed) if control != "none" else None
+                if res:
+                    res["control_acc"] = res.pop("other_acc")
+                    out.append({"task": task, "model_pair": pair, "protocol": variants["none"][0]["protocol"],
+                                "control": control, "control_protocol": crows[0]["protocol"], **res})
     return out
+
+
+def _paired(rows: list[dict], other_rows: list[dict], n_boot: int, seed: int) -> dict | None:
+    """Mean score of ``rows`` minus ``other_rows`` on the items both have (bootstrap CI), or None."""
+    mine, other = _per_item(rows), _per_item(other_rows)
+    shared = [i for i in mine if i in other]
+    if not shared:
+        return None
+    res = paired_bootstrap_diff([mine[i] for i in shared], [other[i] for i in shared], n_boot=n_boot, seed=seed)
+    return {"n_shared": len(shared), "acc": _mean([mine[i] for i in shared]),
+            "other_acc": _mean([other[i] for i in shared]), **res}
 
 
 def _baseline_for(task, trows, baseline_protocol):
@@ -168,6 +166,10 @@ def _summary_md(summary) -> list[str]:
     return lines
 
 
+def _delta_cells(d: dict) -> str:
+    return f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] | {d['p_value_two_sided']:.4f}"
+
+
 def _paired_md(diffs) -> list[str]:
     lines = ["## Paired differences (protocol − baseline, shared items, bootstrap 95% CI)", ""]
     if not diffs:
@@ -176,8 +178,7 @@ def _paired_md(diffs) -> list[str]:
               "|---|---|---|---|---|---|---|---|---|"]
     for d in diffs:
         lines.append(f"| {d['task']} | {d['protocol']} | {d['model_pair']} | {d['baseline']} | {d['n_shared']} | "
-                     f"{d['acc']:.3f} | {d['baseline_acc']:.3f} | "
-                     f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] | {d['p_value_two_sided']:.4f} |")
+                     f"{d['acc']:.3f} | {d['baseline_acc']:.3f} | {_delta_cells(d)} |")
     return lines + [""]
 
 
@@ -191,8 +192,7 @@ def _controls_md(diffs) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     for d in diffs:
         lines.append(f"| {d['task']} | {d['protocol']} | {d['control']} | {d['n_shared']} | {d['acc']:.3f} | "
-                     f"{d['control_acc']:.3f} | {d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] | "
-                     f"{d['p_value_two_sided']:.4f} |")
+                     f"{d['control_acc']:.3f} | {_delta_cells(d)} |")
     return lines + [""]
 
 
