@@ -10,7 +10,7 @@ from .backends import DEFAULT_BACKEND
 from .errors import InterventionError
 from .models.loaded import LoadedModel
 from .session import Session
-from .spec import Capture, Site
+from .spec import Site
 
 
 @dataclass
@@ -49,14 +49,14 @@ def run(spec, models, prompts, backend=DEFAULT_BACKEND, max_new_tokens: int | No
     specs = list(spec) if isinstance(spec, (list, tuple)) else [spec]
     models, prompts = _as_roles(models, prompts)
     session = Session(models, backend)
-    acting = [r for r in dict.fromkeys(r for s in specs for r in s.roles())]
-    editing = list(dict.fromkeys(r for s in specs if not isinstance(s, Capture) for r in s.roles()))
+    acting = list(dict.fromkeys(r for s in specs for r in s.roles()))
+    editing = list(dict.fromkeys(r for s in specs if s.changes_model for r in s.roles()))
     if len(editing) > 1:
         raise InterventionError(f"these specs act on several models ({editing}); run one acting model at a time")
     result = Result()
     for role in acting:
         if role in editing and max_new_tokens:
-            if any(isinstance(s, Capture) and role in s.roles() for s in specs):
+            if any(not s.changes_model and role in s.roles() for s in specs):
                 raise InterventionError(f"capture from the generating model {role!r} in a separate run without "
                                         "max_new_tokens (a capture reads the prompt's forward pass)")
             out = session.generate(role, prompts, specs, max_new_tokens, control, **generation)

@@ -332,5 +332,6 @@ class Session:
                                                "output_hidden_states": needs_hidden}, edits=step_edits)
         elapsed = time.perf_counter() - start
         stack = lambda xs: torch.stack(xs, 1) if xs else None  # noqa: E731
-        return self._generation(Decoded, program, torch.stack(ids, 1), elapsed, entropy=stack(entropies),
+        ids = stack(ids) if ids else torch.zeros(rows, 0, dtype=torch.long)
+        return self._generation(Decoded, program, ids, elapsed, entropy=stack(entropies),
                                 logits=stack(logits_kept), hidden=stack(hidden_kept), cache=out.cache)

@@ -94,6 +94,7 @@ class SpecKind:
 
     kind: ClassVar[str] = ""
     phase: ClassVar[int] = 1     # 0: rewrites the inputs; 1: edits and captures
+    changes_model: ClassVar[bool] = True   # False for kinds that only read (captures)
 
     def roles(self) -> set[str]:
         """Model roles this spec acts on (not the ones it only reads from)."""

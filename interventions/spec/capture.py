@@ -12,6 +12,8 @@ from .base import Site, SpecKind, register_kind
 class Capture(SpecKind):
     sites: tuple[Site, ...]
 
+    changes_model = False
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "sites", tuple(self.sites))
 

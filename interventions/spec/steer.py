@@ -20,8 +20,7 @@ class Steer(SpecKind):
     apply: str = "every_step"
 
     def __post_init__(self) -> None:
-        vector = torch.as_tensor(self.vector, dtype=torch.float32) if not isinstance(self.vector, tuple) \
-            else torch.tensor(self.vector, dtype=torch.float32)
+        vector = torch.as_tensor(self.vector, dtype=torch.float32)
         if vector.ndim == 2 and vector.shape[0] == 1:
             vector = vector[0]
         if vector.ndim != 1:
