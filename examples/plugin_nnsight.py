@@ -18,7 +18,8 @@ def nnsight_replace(session, batch, *, layer: int = 8, max_new_tokens: int = 12)
         with a.trace(**sender) as tracer:
             state = a.model.layers[layer].output[:, -1].save()
             tracer.stop()
-        with b.generate(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=B.tokenizer.pad_token_id) as tracer:
+        options = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=B.tokenizer.pad_token_id)
+        with b.generate(**options) as tracer:
             with tracer.invoke(**receiver):
                 b.model.layers[layer].output[:, -1] = state
             with tracer.invoke():

@@ -79,5 +79,6 @@ def capture(models, prompts, sites: list[Site], backend=DEFAULT_BACKEND, stop_ea
     session = Session(models, backend)
     out: dict = {}
     for role in dict.fromkeys(site.model for site in sites):
-        out.update(session.capture(role, prompts, [s for s in sites if s.model == role], stop_early=stop_early).captures)
+        mine = [s for s in sites if s.model == role]
+        out.update(session.capture(role, prompts, mine, stop_early=stop_early).captures)
     return out

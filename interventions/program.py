@@ -47,7 +47,8 @@ class Program:
 
     def compile(self, specs) -> "Program":
         for role in {r for spec in specs for r in spec.roles()} - set(self.session.models):
-            raise MissingRoleError(f"a spec acts on model role {role!r}, but the session has {sorted(self.session.models)}")
+            raise MissingRoleError(f"a spec acts on model role {role!r}, but the session has "
+                                   f"{sorted(self.session.models)}")
         for spec in sorted((s for s in specs if self.role in s.roles()), key=lambda s: s.phase):
             spec.compile(self)
         return self

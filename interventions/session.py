@@ -326,7 +326,8 @@ class Session:
                 break
             mask = torch.cat([mask, torch.ones(rows, 1, dtype=mask.dtype)], 1)
             position = position + 1
-            feed = {"inputs_embeds": chosen[:, None].to(out.logits.dtype)} if as_embeds else {"input_ids": token[:, None]}
+            feed = ({"inputs_embeds": chosen[:, None].to(out.logits.dtype)} if as_embeds
+                    else {"input_ids": token[:, None]})
             out = self.backend.forward(model, {**feed, "attention_mask": mask, "position_ids": position,
                                                "past_key_values": out.cache, "use_cache": True,
                                                "output_hidden_states": needs_hidden}, edits=step_edits)

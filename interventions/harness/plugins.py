@@ -22,7 +22,8 @@ def load_plugin(ref: str, base_dir: Path | None = None):
         if not path.is_absolute() and base_dir is not None and not path.exists():
             path = Path(base_dir) / path
         if not path.exists():
-            raise PluginError(f"plugin file {ref} does not exist" + (f" (looked in {base_dir} too)" if base_dir else ""))
+            where = f" (looked in {base_dir} too)" if base_dir else ""
+            raise PluginError(f"plugin file {ref} does not exist{where}")
         path = path.resolve()
         name = f"interventions_plugin_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
         spec = importlib.util.spec_from_file_location(name, path)

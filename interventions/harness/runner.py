@@ -48,7 +48,8 @@ def run_experiment(experiment: Experiment, out_dir: Path | None = None, limit: i
             missing = set(protocol.needed_roles()) - set(pair)
             if missing:
                 raise MissingRoleError(f"protocol {protocol.name} needs model roles {sorted(protocol.needed_roles())}; "
-                                       f"the pair {pair} gives {sorted(pair)} (needs two models: add {sorted(missing)})")
+                                       f"the pair {pair} gives {sorted(pair)} (needs two models: add "
+                                       f"{sorted(missing)})")
         models = {role: load_model(name) for role, name in pair.items()}
         for entry in experiment.tasks:
             task = get_task(entry.name, **entry.options)

@@ -49,7 +49,7 @@ class Family:
     streams: dict = field(default_factory=lambda: dict(PRE_NORM))
     hook: str = "blocks.{block}.hook_{stream}"  # TransformerLens hook point
     softcap: str | None = None                 # config attribute that caps the final logits
-    inputs: str = "tokenizer"                  # how inputs are prepared (an image processor later)
+    inputs: str = "tokenizer"                  # an INPUTS entry: how prompts become a batch
 
     def blocks(self, hf) -> torch.nn.ModuleList:
         return _path(hf, self.layers)
@@ -74,6 +74,21 @@ class Family:
 
     def logit_softcap(self, config) -> float | None:
         return getattr(config, self.softcap, None) if self.softcap else None
+
+
+INPUTS: Registry = Registry("input preparation", UnknownFamilyError,
+                            "Register one with INPUTS.register(name, fn(model, prompts, add_special_tokens)).")
+
+
+@INPUTS.register("tokenizer")
+def tokenized(model, prompts: list[str], add_special_tokens: bool = True) -> dict:
+    """Text through the model's tokenizer, left-padded (an image processor registers beside it)."""
+    tok = model.tokenizer
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
 
 FAMILIES: Registry[Family] = Registry(

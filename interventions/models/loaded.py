@@ -73,12 +73,9 @@ class LoadedModel:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def encode(self, prompts: list[str] | str, add_special_tokens: bool = True) -> dict:
-        """Left-padded batch, so position -1 is every row's last real token."""
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        tok = self.tokenizer
-        tok.padding_side = "left"
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
-        batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
-        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        """Left-padded batch, so position -1 is every row's last real token, prepared as the
+        model's family says (``Family.inputs``: the tokenizer for text models)."""
+        from .families import INPUTS
+
+        return INPUTS.get(self.adapter.inputs)(self, [prompts] if isinstance(prompts, str) else list(prompts),
+                                               add_special_tokens)

@@ -17,7 +17,7 @@ import dataclasses
 import json
 import typing
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Union
 

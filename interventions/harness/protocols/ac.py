@@ -23,7 +23,6 @@ from pydantic import Field, NonNegativeFloat, PositiveInt, field_validator
 from ...alignment import MAPS
 from ...combine import COMBINES
 from ...compute import Compute
-from ...models.families import STREAMS
 from ...session import Sampler
 from ...spec import Align, Site, Splice
 from ...spec.base import Layer, check_layer

@@ -20,7 +20,8 @@ class NLMessage(Protocol):
         sender, receiver = ctx.model("A"), ctx.model("B")
         sent = ctx.session.generate("A", [message_prompt(sender, it) for it in items], (), self.message_tokens)
         messages = [text.strip().split("\n")[0] for text in sent.texts]
-        prompts = [answer_prompt(receiver, ctx.task, it, note=f"Your partner says: {m}") for it, m in zip(items, messages)]
+        prompts = [answer_prompt(receiver, ctx.task, it, note=f"Your partner says: {m}")
+                   for it, m in zip(items, messages)]
         outcomes = answer(ctx, "B", prompts, items)
         for outcome, message in zip(outcomes, messages):
             outcome.extra["message"] = message

@@ -88,7 +88,8 @@ class TracedProtocol(Protocol):
                     raise TracingResultError(f"{where}: item {i} ({item.id}) has {len(item.choices)} choices; "
                                              f"expected {len(item.choices)} log-likelihoods, got {ans!r}")
             elif not isinstance(ans, str):
-                raise TracingResultError(f"{where}: item {i} ({item.id}): expected a text answer, got {type(ans).__name__}")
+                raise TracingResultError(f"{where}: item {i} ({item.id}): expected a text answer, "
+                                         f"got {type(ans).__name__}")
         return [list(map(float, a)) for a in answers] if batch.scored_by_choices else list(answers)
 
 
