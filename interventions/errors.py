@@ -5,9 +5,14 @@ from __future__ import annotations
 import difflib
 
 
+def close_names(name: str, known, n: int = 3, cutoff: float = 0.5) -> list[str]:
+    """The known names closest to ``name``: the one "did you mean" helper of the package."""
+    return difflib.get_close_matches(str(name), list(known), n=n, cutoff=cutoff)
+
+
 def suggest(name: str, known: list[str] | tuple[str, ...], n: int = 3) -> str:
     """A ' Did you mean ...?' hint (or '') listing close names."""
-    close = difflib.get_close_matches(name, list(known), n=n, cutoff=0.5)
+    close = close_names(name, known, n)
     return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
 
 

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import difflib
 
-from interventions.errors import InterventionError
-
-
-def close_names(name: str, known: list[str], n: int = 3) -> list[str]:
-    return difflib.get_close_matches(name, known, n=n, cutoff=0.6)
+from interventions.errors import InterventionError, close_names
 
 
 class UnknownTaskError(InterventionError, KeyError, ValueError):
@@ -19,7 +14,7 @@ class UnknownTaskError(InterventionError, KeyError, ValueError):
 
     def __init__(self, name: str, known: list[str], kind: str = "task", shown: list[str] | None = None):
         self.name, self.known = name, list(known)
-        self.suggestions = close_names(name, self.known)
+        self.suggestions = close_names(name, self.known, cutoff=0.6)
         hint = f" Did you mean {', '.join(repr(s) for s in self.suggestions)}?" if self.suggestions else ""
         listing = ", ".join(shown if shown is not None else self.known)
         super().__init__(f"Unknown {kind} {name!r}.{hint} Known {kind}s: {listing}")
