@@ -83,8 +83,9 @@ class Program:
         return [apply_control(self.control, s, key) for s, key in zip(states, prompts)]
 
     def messages_from(self, vectors: torch.Tensor) -> list[torch.Tensor]:
-        """User-given (n, d) vectors as every row's message, control applied."""
-        return [apply_control(self.control, vectors, str(row)) for row in range(self.rows)]
+        """User-given (n, d) vectors as every row's message, control applied (seeded by the row's
+        own prompt, so a row's control does not depend on its batch)."""
+        return [apply_control(self.control, vectors, prompt) for prompt in self.prompts[self.role]]
 
     @staticmethod
     def stacked(states: list[torch.Tensor], what: str) -> torch.Tensor:

@@ -23,7 +23,7 @@ from .compute import Compute, ModelShape
 from .errors import MissingRoleError
 from .models.loaded import LoadedModel
 from .program import Program
-from .sites import Edit, ResolvedSite, decode_positions, resolve_positions
+from .sites import Edit, ResolvedSite, decode_positions, padded_positions, resolve_positions
 from .spec import Capture
 
 
@@ -247,11 +247,11 @@ class Session:
         program = self.program(role, prompts, interventions, control)
         model, tok = program.model, program.model.tokenizer
         start = time.perf_counter()
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        pad = model.pad_token_id
         mask = program.mask
         # pass 1: the contexts, with the interventions; keep the cache and the last logits.
         # padding-aware positions (as generate uses), passed explicitly so every backend agrees
-        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        positions = padded_positions(mask)
         first = self.backend.forward(model, {**program.batch, "position_ids": positions, "use_cache": True,
                                              "logits_to_keep": 1}, edits=program.edits)
         first_lp = torch.log_softmax(first.logits[:, -1].float(), dim=-1)
@@ -295,9 +295,9 @@ class Session:
         start = time.perf_counter()
         rows = program.rows
         eos = tok.eos_token_id
-        pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+        pad = model.pad_token_id
         mask = program.mask
-        position = (mask.cumsum(1) - 1).clamp(min=0)
+        position = padded_positions(mask)
         out = self.backend.forward(model, {**program.batch, "position_ids": position, "use_cache": True,
                                            "logits_to_keep": 1, "output_hidden_states": needs_hidden},
                                    edits=program.edits)

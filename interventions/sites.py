@@ -78,6 +78,11 @@ def apply_edit(acts: torch.Tensor, positions: torch.Tensor | None, fn) -> torch.
     return out
 
 
+def padded_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of a left-padded batch, counted from each row's first real token (as generate does)."""
+    return (mask.cumsum(1) - 1).clamp(min=0)
+
+
 def decode_positions(batch: int) -> torch.Tensor:
     """During decoding the sequence is the new token only."""
     return torch.zeros(batch, 1, dtype=torch.long)

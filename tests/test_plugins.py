@@ -123,3 +123,13 @@ def test_spec_whose_roles_the_pair_lacks(tmp_path, tiny_dir):
     path = experiment(tmp_path / "e.yaml", tiny_dir, protocols=[{"kind": "intervention", "spec": "c.yaml"}])
     with pytest.raises(iv.MissingRoleError, match=r"needs model roles \['B', 'C'\]"):
         run_experiment(load_experiment(str(path)), tmp_path / "out", progress=False)
+
+
+def test_command_line_errors_are_one_line(tmp_path, tiny_dir, capsys):
+    assert main(["eval", "no_such_plugin.py"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "error: plugin file no_such_plugin.py does not exist" and "Traceback" not in err
+    path = experiment(tmp_path / "e.yaml", tiny_dir, protocols=[{"kind": "nl_debate", "k": 8}])
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'k'" in err and "Traceback" not in err

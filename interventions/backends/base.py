@@ -74,10 +74,7 @@ class CaptureState:
 
 
 def generation_defaults(model: LoadedModel, max_new_tokens: int, kwargs: dict) -> dict:
-    tok = model.tokenizer
-    return {"max_new_tokens": max_new_tokens, "do_sample": False,
-            "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-            **kwargs}
+    return {"max_new_tokens": max_new_tokens, "do_sample": False, "pad_token_id": model.pad_token_id, **kwargs}
 
 
 def output_of(out, batch: dict, state: CaptureState) -> ForwardOutput:

@@ -65,15 +65,15 @@ def run_experiment(experiment: Experiment, out_dir: Path | None = None, limit: i
                     plan.append((pair, models, task, items, protocol, pending))
     total = sum(len(p[-1]) for p in plan)
     bar = tqdm(total=total, desc=f"{experiment.name}", unit="item", disable=not progress)
-    sessions: dict = {}   # one per pair: its sender states, maps and completions are reused across tasks
+    session_key, session = None, None   # one session per pair: its states, maps and completions serve every task
     ctx_key, ctx = None, None
     for pair, models, task, items, protocol, pending in plan:
         pair_key = tuple(sorted(pair.items()))
-        if pair_key not in sessions:
-            sessions = {pair_key: Session(models, backend)}  # the previous pair's caches are done
+        if pair_key != session_key:
+            session_key, session = pair_key, Session(models, backend)
         if (pair_key, task.name) != ctx_key:
             ctx_key = (pair_key, task.name)
-            ctx = Context(sessions[pair_key], task, experiment.max_new_tokens, seed, items)
+            ctx = Context(session, task, experiment.max_new_tokens, seed, items)
         for start in range(0, len(pending), experiment.batch_size):
             batch = pending[start:start + experiment.batch_size]
             bar.set_postfix_str(f"{task.name} {protocol.name}")

@@ -34,6 +34,12 @@ class LoadedModel:
         return getattr(config, "max_position_embeddings", None)
 
     @property
+    def pad_token_id(self) -> int:
+        """The id that pads batches and finished rows: the tokenizer's pad token, else end-of-sequence."""
+        tok = self.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    @property
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 

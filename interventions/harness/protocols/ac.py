@@ -27,7 +27,7 @@ from ...session import Sampler
 from ...spec import Align, Site, Splice
 from ...spec.base import Layer, check_layer
 from ..prompts import answer_prompt, sender_prompt
-from .base import Context, Protocol, add_costs, answer, fmt, register_protocol
+from .base import Context, Protocol, add_costs, answer, fmt, register_protocol, vector_control
 
 Control = Literal["none", "random", "zero", "mismatched"]
 
@@ -123,12 +123,11 @@ class AC(Protocol):
                       combine=self.combine, align=Align(align))
 
     def run(self, ctx: Context, items):
-        sources = [ctx.partner(it) for it in items] if self.control == "mismatched" else items
+        sources = ctx.sources(items, self.control)
         texts, costs = sender_texts(ctx, sources, self.sender, self.completion_tokens, self.temperature)
         receiver = ctx.model("B")
         prompts = {"A": texts, "B": [answer_prompt(receiver, ctx.task, it) for it in items]}
-        vector_control = self.control if self.control in ("random", "zero") else "none"
-        outcomes = answer(ctx, "B", prompts, items, [self.splice(ctx)], vector_control)
+        outcomes = answer(ctx, "B", prompts, items, [self.splice(ctx)], vector_control(self.control))
         if self.control == "mismatched":
             for outcome, source in zip(outcomes, sources):
                 outcome.extra["message_from"] = source.id

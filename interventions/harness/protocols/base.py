@@ -119,6 +119,10 @@ class Context:
     def model(self, role: str):
         return self.session.model(role)
 
+    def sources(self, items: list[TaskItem], control: str) -> list[TaskItem]:
+        """The items whose information a channel sends: another item's under the mismatched control."""
+        return [self.partner(it) for it in items] if control == "mismatched" else items
+
     def partner(self, item: TaskItem) -> TaskItem:
         """Another item of the task, fixed per (item, seed), with a different gold answer when one exists."""
         others = [it for it in self.pool if it.id != item.id] or [item]
@@ -127,23 +131,33 @@ class Context:
         return min(different, key=rank)
 
 
+def vector_control(control: str) -> str:
+    """The session-level part of a control: mismatched swaps sources, so it sends real vectors."""
+    return "none" if control == "mismatched" else control
+
+
+def scored(task: Task, item: TaskItem, raw, compute: Compute) -> Outcome:
+    """An answer (a text, or one log-likelihood per choice) scored as the task scores it."""
+    if task.scoring == "choice_loglik":
+        acc = choice_accuracy(raw, list(item.choices), item.answer_index)
+        return Outcome(acc["acc"], item.choices[acc["pred"]], compute, acc["acc_norm"], raw=raw)
+    return Outcome(float(task.score(item, raw)), str(raw).strip(), compute, raw=raw)
+
+
 def answer(ctx: Context, role: str, prompts, items: list[TaskItem], interventions=(),
            control: str = "none") -> list[Outcome]:
     """``role`` answers ``items`` (its prompts; a dict adds the prompts of roles the interventions
     read), by generation or by choice log-likelihoods as the task is scored, with compute charged."""
     task, session = ctx.task, ctx.session
     specs = [to_dict(spec) for spec in interventions]
-    outcomes = []
     if task.scoring == "choice_loglik":
-        scored = session.loglikelihood(role, prompts, [it.choices for it in items], interventions, control)
-        for item, lls, compute in zip(items, scored.logliks, scored.compute):
-            acc = choice_accuracy(lls, list(item.choices), item.answer_index)
-            outcomes.append(Outcome(acc["acc"], item.choices[acc["pred"]], compute, acc["acc_norm"], raw=lls))
+        result = session.loglikelihood(role, prompts, [it.choices for it in items], interventions, control)
+        answers = result.logliks
     else:
-        scored = session.generate(role, prompts, interventions, ctx.max_new_tokens, control)
-        for item, text, compute in zip(items, scored.texts, scored.compute):
-            outcomes.append(Outcome(float(task.score(item, text)), text.strip(), compute, raw=text))
-    maps = [m.describe() for m in scored.maps]
+        result = session.generate(role, prompts, interventions, ctx.max_new_tokens, control)
+        answers = result.texts
+    outcomes = [scored(task, item, raw, compute) for item, raw, compute in zip(items, answers, result.compute)]
+    maps = [m.describe() for m in result.maps]
     for outcome in outcomes:
         outcome.interventions = specs
         if maps:

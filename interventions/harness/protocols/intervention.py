@@ -18,7 +18,7 @@ from ...errors import SpecFormatError
 from ...spec import load_spec, to_dict
 from ..prompts import answer_prompt
 from .ac import Control, control_suffix, sender_texts
-from .base import Context, Protocol, answer, register_protocol
+from .base import Context, Protocol, answer, register_protocol, vector_control
 
 
 @lru_cache(maxsize=None)
@@ -73,7 +73,7 @@ class Intervention(Protocol):
     def run(self, ctx: Context, items):
         spec = self.loaded
         (role,) = spec.roles()
-        sources = [ctx.partner(it) for it in items] if self.control == "mismatched" else items
+        sources = ctx.sources(items, self.control)
         prompts = {r: sender_texts(ctx, sources, self.sender, role=r)[0] for r in spec.reads() - {role}}
         prompts[role] = [answer_prompt(ctx.model(role), ctx.task, it) for it in items]
-        return answer(ctx, role, prompts, items, [spec], "none" if self.control == "mismatched" else self.control)
+        return answer(ctx, role, prompts, items, [spec], vector_control(self.control))

@@ -25,8 +25,8 @@ from ...compute import Compute
 from ...errors import InterventionError
 from ...meter import metered
 from ..prompts import answer_prompt, sender_prompt
-from ..tasks import Task, TaskItem, choice_accuracy
-from .base import Context, Outcome, Protocol, register_protocol
+from ..tasks import Task, TaskItem
+from .base import Context, Protocol, register_protocol, scored
 
 
 class TracingResultError(InterventionError, ValueError):
@@ -63,17 +63,10 @@ class TracedProtocol(Protocol):
             answers = type(self).function(ctx.session, batch, **self.model_dump())
         elapsed = time.perf_counter() - start
         answers = self._checked(answers, batch)
-        share = len(items)
-        outcomes = []
-        for item, ans in zip(items, answers):
-            compute = Compute(tokens={r: n // share for r, n in total.tokens.items()}, flops=total.flops / share,
-                              wall_s=elapsed / share)
-            if batch.scored_by_choices:
-                acc = choice_accuracy(ans, list(item.choices), item.answer_index)
-                outcomes.append(Outcome(acc["acc"], item.choices[acc["pred"]], compute, acc["acc_norm"], raw=ans))
-            else:
-                outcomes.append(Outcome(float(ctx.task.score(item, ans)), str(ans).strip(), compute, raw=ans))
-        return outcomes
+        share = len(items)  # the batch's metered cost, split evenly among its items
+        return [scored(ctx.task, item, ans, Compute(tokens={r: n // share for r, n in total.tokens.items()},
+                                                    flops=total.flops / share, wall_s=elapsed / share))
+                for item, ans in zip(items, answers)]
 
     def _checked(self, answers, batch: Batch) -> list:
         where = f"tracing function {self.kind!r}"
