@@ -188,10 +188,11 @@ def _controls_md(diffs) -> list[str]:
     lines = ["## Channels against their controls (channel − control, shared items, bootstrap 95% CI)", "",
              "A control keeps everything but the message: `random` is a seeded vector of the message's norm, "
              "`zero` sends nothing, `mismatched` sends the message of another item of the task.", "",
-             "| task | channel | control | n shared | channel acc | control acc | Δ [95% CI] | p |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| task | channel | models | control | n shared | channel acc | control acc | Δ [95% CI] | p |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for d in diffs:
-        lines.append(f"| {d['task']} | {d['protocol']} | {d['control']} | {d['n_shared']} | {d['acc']:.3f} | "
+        lines.append(f"| {d['task']} | {d['protocol']} | {d['model_pair']} | {d['control']} | {d['n_shared']} | "
+                     f"{d['acc']:.3f} | "
                      f"{d['control_acc']:.3f} | {_delta_cells(d)} |")
     return lines + [""]
 
