@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 
 from .backends import BACKENDS, DEFAULT_BACKEND
@@ -108,8 +110,33 @@ def _cmd_report(args) -> None:
     report_cli(args)
 
 
+def _cmd_check(args) -> int:
+    from .harness.check import check_results
+
+    report = check_results(args.out, fix=args.fix)
+    print("\n".join(report.lines()))
+    return 0 if report.clean or args.fix else 1
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line too, like every other user error."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="interventions", description=__doc__)
+    parser = _Parser(prog="interventions", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("models", help="list the named models and their install/cache state").set_defaults(fn=_cmd_models)
@@ -142,10 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run an experiment from the catalog (name or YAML path); resumes")
     p.add_argument("experiment")
-    p.add_argument("--limit", type=int, default=None, help="at most this many items per task")
+    p.add_argument("--limit", type=positive_int, default=None, help="at most this many items per task")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--out", default=None, help="output dir (default results/<experiment>/)")
     p.add_argument("--backend", choices=BACKENDS, default=None)
+    p.add_argument("--wait", action="store_true", help="if another run holds --out, wait for it instead of refusing")
+    p.add_argument("--verify", action="store_true", help="hash every cached file in full before use")
     p.set_defaults(fn=_cmd_run)
 
     p = sub.add_parser("protocols", help="list every protocol kind with its fields, defaults and doc")
@@ -156,32 +185,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="a spec file (.yaml/.json) or a plugin (.py file or module)")
     p.add_argument("--task", default="countries")
     p.add_argument("--pair", default="smollm2-135m,smollm2-135m", help="A,B model names")
-    p.add_argument("--n", type=int, default=50)
+    p.add_argument("--n", type=positive_int, default=50)
     p.add_argument("--out", default=None, help="output dir (default out/eval_<name>/)")
     p.add_argument("--backend", choices=BACKENDS, default="torch")
     p.add_argument("--k", type=int, default=8, help="sender block, for a plugin's combine functions")
     p.add_argument("--j", type=int, default=8, help="receiver block, for a plugin's combine functions")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-new-tokens", type=int, default=12)
+    p.add_argument("--max-new-tokens", type=positive_int, default=12)
+    p.add_argument("--verify", action="store_true", help="hash every cached file in full before use")
     p.set_defaults(fn=_cmd_eval)
 
     p = sub.add_parser("report", help="rebuild summary.md, summary.json and plots of an experiment")
     p.add_argument("experiment")
     p.add_argument("--out", default=None)
     p.set_defaults(fn=_cmd_report)
+
+    p = sub.add_parser("check", help="validate a results folder: unreadable lines, duplicates, rows that no longer match")
+    p.add_argument("out", help="the results folder (holding results.jsonl)")
+    p.add_argument("--fix", action="store_true", help="drop the flagged lines (kept in results.rejected); "
+                                                     "a resume then recomputes them")
+    p.set_defaults(fn=_cmd_check)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit 0 on success, 2 on bad input (one line, before any model loads), 130 on Ctrl-C."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     from .errors import InterventionError
+    from .verified import VERIFY_ENV
 
+    if getattr(args, "verify", False):
+        os.environ[VERIFY_ENV] = "1"
+    again = shlex.join(["interventions", *argv])
     try:
-        args.fn(args)
+        return args.fn(args) or 0
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; nothing half-written was kept. Run again with: {again}", file=sys.stderr)
+        return 130
     except InterventionError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+        code = getattr(error, "exit_code", 2)
+        print(f"\n{error}; resume with: {again}" if code == 130 else f"error: {error}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
 from ..errors import InterventionError, suggest
 from .plugins import load_plugins
@@ -41,11 +41,17 @@ class ExperimentFile(BaseModel):
     max_new_tokens: PositiveInt = 16
     batch_size: PositiveInt = 16
     pairs: list[dict[Literal["A", "B"], str]] = Field(min_length=1)
-    tasks: list[TaskEntry | str] = Field(min_length=1)
+    tasks: list[TaskEntry] = Field(min_length=1)
     protocols: list[dict] = Field(min_length=1)
     baseline: str | dict | None = None
     notes: str = ""
     plugins: list[str] = Field(default_factory=list)
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _task_names(cls, value):
+        """A bare task name is short for ``{name: ...}``."""
+        return [{"name": t} if isinstance(t, str) else t for t in value] if isinstance(value, list) else value
 
 
 class Experiment(BaseModel):
@@ -130,7 +136,7 @@ def build_experiment(data, where: str, base_dir: Path | None = None, path: Path 
     except ValidationError as error:
         raise ExperimentFormatError(describe_errors(error, where, list(ExperimentFile.model_fields))) from None
     load_plugins(parsed.plugins, base_dir)
-    tasks = [TaskEntry(name=t) if isinstance(t, str) else t for t in parsed.tasks]
+    tasks = parsed.tasks
     protocols, protocol_tasks = [], {}
     for i, entry in enumerate(parsed.protocols):
         for protocol in expand_protocol(entry, f"{where}: protocols[{i}]", base_dir):

@@ -348,7 +348,7 @@ def _json_safe(x):
 
 
 def write_report(rows: list[dict], out_dir, title: str, notes_md: str = "",
-                 baseline_protocol: str | dict | None = None) -> dict:
+                 baseline_protocol: str | dict | None = None, data_note: str = "") -> dict:
     """Write summary.json, summary.md and PNG plots into ``out_dir``; return {"summary", "paired", "files"}."""
     import matplotlib
     matplotlib.use("Agg")  # headless: never needs a display
@@ -368,13 +368,16 @@ def write_report(rows: list[dict], out_dir, title: str, notes_md: str = "",
 
     md = [f"# {title}", "", f"{len(rows)} result rows. Accuracy is the mean score; CIs are Wilson 95%. "
           "FLOPs are analytic (Kaplan-style accounting), tokens are summed over model roles.", ""]
+    if data_note:  # the reader skipped lines of results.jsonl: say so where the numbers are
+        md += [f"**Reading results.jsonl:** {data_note}; `interventions check` lists them.", ""]
     md += _summary_md(summary) + _paired_md(diffs) + _controls_md(controls)
     md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     if notes_md:
         md += [notes_md]
     (out_dir / "summary.md").write_text("\n".join(md) + "\n")
 
-    payload = {"title": title, "n_rows": len(rows), "summary": summary, "paired_differences": diffs,
+    payload = {"title": title, "n_rows": len(rows), **({"data_note": data_note} if data_note else {}),
+               "summary": summary, "paired_differences": diffs,
                "control_differences": controls,
                "plots": [p.name for p in plots]}
     (out_dir / "summary.json").write_text(json.dumps(_json_safe(payload), indent=2, default=str))

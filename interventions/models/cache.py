@@ -2,19 +2,25 @@
 
 transformers dequantizes GGUF weights on every load (15-60 s here); a safetensors
 copy loads in a fraction of a second. The cache dir is keyed by the GGUF's sha256,
-so a changed file can never be served from a stale cache.
+so a changed file can never be served from a stale cache. The marker records every cached
+file's own sha256 (``interventions.verified``): a file that changed since conversion, or that
+cannot be read, is rebuilt from the verified GGUF, and rows record the hash of what was loaded.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from ..verified import note, problem, record
 from .carriers import verify_sha256
 from .zoo import ZooEntry
 
@@ -35,22 +41,66 @@ def read_marker(directory: Path) -> dict | None:
     marker = directory / MARKER
     if not marker.exists():
         return None
-    return json.loads(marker.read_text())
+    try:
+        data = json.loads(marker.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}  # unreadable: fails verification and is rebuilt
+    return data if isinstance(data, dict) else {}
 
 
-def ensure_cached(entry: ZooEntry) -> tuple[Path, dict]:
-    """Return (safetensors dir, marker), converting the GGUF on first use."""
+def cache_problem(directory: Path, marker: dict | None, full: bool | None = None) -> str | None:
+    """Why the cached files no longer match the marker's records (None: they do)."""
+    if marker is None:
+        return "not converted yet"
+    if "files" not in marker or "sha256" not in marker:
+        return "written by an older version without file hashes"
+    for name, recorded in marker["files"].items():
+        why = problem(directory / name, recorded, full)
+        if why:
+            return f"{name}: {why}"
+    return None
+
+
+def loaded_sha256(marker: dict) -> str:
+    """One hash for the weight files actually loaded (the safetensors, as verified)."""
+    digests = [f"{name}:{rec['sha256']}" for name, rec in sorted(marker["files"].items())
+               if name.endswith(".safetensors")]
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
+
+
+def ensure_cached(entry: ZooEntry, rebuild: bool = False) -> tuple[Path, dict]:
+    """Return (safetensors dir, marker), converting the GGUF on first use and rebuilding a
+    cache whose files fail verification (or when ``rebuild``)."""
     directory = entry_cache_dir(entry)
     marker = read_marker(directory)
-    if marker is not None:
+    before = json.dumps(marker, indent=2)
+    why = "rebuild requested" if rebuild else cache_problem(directory, marker)
+    if why is None:
+        if json.dumps(marker, indent=2) != before:  # a touched but intact file: keep later checks cheap
+            (directory / MARKER).write_text(json.dumps(marker, indent=2))
         return directory, marker
-    work = cache_root() / "work"
-    gguf = entry.gguf_path(work)
-    digest = verify_sha256(gguf, entry.sha256)
-    marker = _convert(entry, gguf, directory, digest)
-    if gguf.parent == work:  # an assembled copy; the carrier still has the parts
-        gguf.unlink(missing_ok=True)
+    with _conversion_lock(directory):
+        marker = read_marker(directory)  # another process may have converted it while we waited
+        if not rebuild and cache_problem(directory, marker) is None:
+            return directory, marker
+        if marker is not None:
+            note(f"the cache of {entry.name} failed verification ({why}); rebuilding it from the verified GGUF")
+        work = cache_root() / "work"
+        gguf = entry.gguf_path(work)
+        digest = verify_sha256(gguf, entry.sha256)
+        marker = _convert(entry, gguf, directory, digest)
+        if gguf.parent == work:  # an assembled copy; the carrier still has the parts
+            gguf.unlink(missing_ok=True)
     return directory, marker
+
+
+@contextmanager
+def _conversion_lock(directory: Path):
+    """One process converts a model at a time; the others wait and then use its result."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with open(directory.with_name(directory.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def _convert(entry: ZooEntry, gguf: Path, directory: Path, digest: str) -> dict:
@@ -71,7 +121,8 @@ def _convert(entry: ZooEntry, gguf: Path, directory: Path, digest: str) -> dict:
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     marker = {"model": entry.name, "gguf": entry.gguf_name, "sha256": digest,
-              "hub_id": entry.hub_id, "seconds_to_convert": round(time.perf_counter() - start, 1)}
+              "hub_id": entry.hub_id, "seconds_to_convert": round(time.perf_counter() - start, 1),
+              "files": {p.name: record(p) for p in sorted(staging.iterdir()) if p.is_file()}}
     (staging / MARKER).write_text(json.dumps(marker, indent=2))
     shutil.rmtree(directory, ignore_errors=True)
     staging.replace(directory)  # atomic: a killed conversion leaves no half cache

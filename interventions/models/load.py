@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from .cache import ensure_cached, entry_cache_dir, read_marker
+from ..verified import note
+from .cache import ensure_cached, entry_cache_dir, loaded_sha256, read_marker
 from .loaded import LoadedModel
 from .zoo import ZOO
 
@@ -23,8 +24,7 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, reuse: bool = True
     if reuse and key in _LOADED:
         return _LOADED[key]
     if name in ZOO:
-        directory, marker = ensure_cached(ZOO[name])
-        model = _from_directory(name, directory, dtype, marker["sha256"], f"{ZOO[name].gguf_name} (cached)")
+        model = _from_cache(name, dtype)
     elif Path(name).is_dir():
         model = _from_directory(name, Path(name), dtype, None, f"local directory {name}")
     elif "/" in name:
@@ -33,6 +33,20 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, reuse: bool = True
         ZOO.get(name)  # raises, suggesting close names
     if reuse:
         _LOADED[key] = model
+    return model
+
+
+def _from_cache(name: str, dtype) -> LoadedModel:
+    """A zoo model from its verified cache; a cache that cannot be read is rebuilt once."""
+    entry = ZOO[name]
+    directory, marker = ensure_cached(entry)
+    try:
+        model = _from_directory(name, directory, dtype, marker["sha256"], f"{entry.gguf_name} (cached)")
+    except Exception as error:  # noqa: BLE001  e.g. a file damaged between the check and the read
+        note(f"loading the cache of {name} failed ({type(error).__name__}: {error}); rebuilding it")
+        directory, marker = ensure_cached(entry, rebuild=True)
+        model = _from_directory(name, directory, dtype, marker["sha256"], f"{entry.gguf_name} (cached)")
+    model.loaded_sha256 = loaded_sha256(marker)
     return model
 
 
@@ -71,7 +85,7 @@ def model_table() -> list[dict]:
     for entry in ZOO.values():
         marker = read_marker(entry_cache_dir(entry))
         rows.append({"name": entry.name, "family": entry.family, "hub_id": entry.hub_id,
-                     "installed": entry.installed(), "cached": marker is not None,
+                     "installed": entry.installed(), "cached": bool(marker),
                      "optional": entry.optional, "install": entry.install, "notes": entry.notes,
                      "cache_dir": str(entry_cache_dir(entry))})
     return rows

@@ -20,6 +20,7 @@ class LoadedModel:
     vocab_size: int
     weight_sha256: str
     source: str             # where the weights came from
+    loaded_sha256: str | None = None  # hash of the files actually loaded (verified cache); None: weight_sha256
     wrappers: dict = field(default_factory=dict, repr=False)  # per-backend cached wrappers
 
     @property

@@ -9,7 +9,7 @@ Importing this package registers every built-in task; data files are read lazily
 """
 
 from .base import INFO_SPLITS, SCORINGS, Task
-from .errors import DatasetFormatError, MissingDataPackageError, ScoringModeError, UnknownTaskError
+from .errors import DatasetFormatError, MissingDataPackageError, ScoringModeError, TaskOptionError, UnknownTaskError
 from .item import TaskItem
 from .registry import available_tasks, get_task, register_task
 from .scoring import choice_accuracy, exact_match, extract_number, normalize_answer, numeric_match
@@ -20,6 +20,6 @@ from . import countries, jsonl, mmlu, olmo, reasoning_gym_tasks, tip_sheets  # n
 __all__ = [
     "Task", "TaskItem", "SCORINGS", "INFO_SPLITS",
     "register_task", "get_task", "available_tasks",
-    "UnknownTaskError", "DatasetFormatError", "MissingDataPackageError", "ScoringModeError",
+    "UnknownTaskError", "DatasetFormatError", "MissingDataPackageError", "ScoringModeError", "TaskOptionError",
     "choice_accuracy", "exact_match", "extract_number", "normalize_answer", "numeric_match",
 ]

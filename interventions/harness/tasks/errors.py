@@ -23,6 +23,10 @@ class UnknownTaskError(InterventionError, KeyError, ValueError):
         return str(self.args[0])
 
 
+class TaskOptionError(InterventionError, ValueError):
+    """A task's options are wrong: an unknown or missing option, a bad value, a missing file."""
+
+
 class DatasetFormatError(InterventionError, ValueError):
     """A data file line is malformed; the message names file, 1-based line and field."""
 

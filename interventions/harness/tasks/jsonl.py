@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .base import SCORINGS, Task
-from .errors import DatasetFormatError
+from ...errors import suggest
+from .base import Task
+from .errors import DatasetFormatError, TaskOptionError
 from .item import TaskItem
 from .registry import register_task
 from .scoring import exact_match, first_line, numeric_match
 
+JSONL_SCORINGS = ("exact", "numeric", "choice_loglik")
 INSTRUCTIONS = {"numeric": "Answer with a number.", "exact": "Answer with the answer only."}
 
 
@@ -61,11 +63,12 @@ def parse_line(path: str, lineno: int, line: str, scoring: str, stem: str) -> Ta
 
 class JsonlTask(Task):
     def __init__(self, path: str | Path, scoring: str = "exact", name: str | None = None):
-        if scoring not in ("exact", "numeric", "choice_loglik"):
-            raise ValueError(f"jsonl scoring must be 'exact', 'numeric' or 'choice_loglik', got {scoring!r} (all: {SCORINGS})")
+        if scoring not in JSONL_SCORINGS:
+            raise TaskOptionError(f"jsonl scoring must be 'exact', 'numeric' or 'choice_loglik', got {scoring!r}."
+                                  f"{suggest(str(scoring), JSONL_SCORINGS)}")
         self.path, self.scoring = Path(path), scoring
         if not self.path.is_file():
-            raise FileNotFoundError(f"jsonl task file not found: {self.path}")
+            raise TaskOptionError(f"jsonl task file not found: {self.path}")
         self.name = name or f"jsonl/{self.path.stem}"
         self.source = f"jsonl file {self.path}"
         self._items = self._load()  # parse now so format errors surface at get_task()

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
+from ...errors import suggest
 from ...registry import Registry
 from .base import Task
-from .errors import UnknownTaskError
+from .errors import TaskOptionError, UnknownTaskError
 
 _TASKS: Registry[Callable[..., Task]] = Registry("task")
 _FAMILIES: Registry[tuple[Callable[..., Task], Callable[[], list[str]] | None]] = Registry("task family")
@@ -51,12 +53,29 @@ def available_tasks(include_families: bool = True) -> list[str]:
     return sorted(names)
 
 
+def _built(name: str, factory, *args, **options) -> Task:
+    """``factory(*args, **options)``, with unknown or missing options named before it runs."""
+    signature = inspect.signature(factory)
+    accepted = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD][len(args):]
+    names = [p.name for p in accepted]
+    if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+        for key in options:
+            if key not in names:
+                raise TaskOptionError(f"task {name!r}: unknown option {key!r}.{suggest(key, names)} "
+                                      f"Options: {', '.join(names) or 'none'}.")
+    for param in accepted:
+        if param.default is param.empty and param.kind is not param.VAR_POSITIONAL and param.name not in options:
+            raise TaskOptionError(f"task {name!r} needs the option {param.name!r} "
+                                  f"(options: {{{param.name}: ...}} in the task entry)")
+    return factory(*args, **options)
+
+
 def get_task(name: str, **kwargs) -> Task:
     if name in _TASKS:
-        return _TASKS.get(name)(**kwargs)
+        return _built(name, _TASKS.get(name), **kwargs)
     for prefix, (factory, _) in _FAMILIES.items():
         if name.startswith(prefix) and len(name) > len(prefix):
-            return factory(name[len(prefix):], **kwargs)
+            return _built(name, factory, name[len(prefix):], **kwargs)
     # Suggest among everything, but list only the fixed names plus family patterns (short message).
     shown = sorted(_TASKS) + [p + "<name>" for p in sorted(_FAMILIES)]
     raise UnknownTaskError(name, available_tasks(), shown=shown)
