@@ -103,12 +103,10 @@ def _conversion_lock(directory: Path):
         yield
 
 
-def _convert(entry: ZooEntry, gguf: Path, directory: Path, digest: str) -> dict:
+def dequantize(entry: ZooEntry, gguf: Path):
+    """(fp32 transformers model, tokenizer) from a GGUF file."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"[interventions] first use of {entry.name}: dequantizing {gguf.name} once "
-          f"into {directory} (later loads take well under a second)")
-    start = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # A GGUF-loaded model refuses save_pretrained while its quantizer marker is set.
@@ -116,6 +114,14 @@ def _convert(entry: ZooEntry, gguf: Path, directory: Path, digest: str) -> dict:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config.architectures = [entry.architecture]
+    return model, tokenizer
+
+
+def _convert(entry: ZooEntry, gguf: Path, directory: Path, digest: str) -> dict:
+    print(f"[interventions] first use of {entry.name}: dequantizing {gguf.name} once "
+          f"into {directory} (later loads take well under a second)")
+    start = time.perf_counter()
+    model, tokenizer = dequantize(entry, gguf)
     staging = directory.with_name(directory.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
