@@ -1,12 +1,14 @@
-"""A new combine function: add only the part of A's state that B's state does not already point along.
+"""A new combine function: add A's state, weighted down by how far B's state already points along it.
 
 Score it with one command:
     interventions eval examples/plugin_combine.py --task countries --pair smollm2-135m,smollm2-135m --n 50
 """
+import torch
+
 import interventions as iv
 
 
-@iv.register_combine("orthogonal")
-def orthogonal(target, source):  # (batch, positions, d) each, source already in B's space
-    unit = target / target.norm(dim=-1, keepdim=True)
-    return target + source - (source * unit).sum(-1, keepdim=True) * unit
+@iv.register_combine("cosine_gated")
+def cosine_gated(target, source):  # (batch, positions, d) each, source already in B's space
+    agreement = torch.cosine_similarity(target, source, dim=-1).clamp(min=0).unsqueeze(-1)
+    return target + (1 - agreement) * source

@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from .alignment import MAPS, LinearMap, fit_linear_map, register_map
 from .backends import BACKENDS, get_backend
-from .combine import COMBINES, register_combine
+from .combine import COMBINES, Merge, register_combine
 from .controls import CONTROLS, register_control
 from .errors import (CarrierMissingError, DuplicateNameError, InterventionError, LayerOutOfRangeError,
                      MissingRoleError, PluginError, PositionOutOfRangeError, SpecFormatError, UnknownBackendError,
@@ -40,9 +40,9 @@ def __getattr__(name):
 __all__ = [
     "Align", "BACKENDS", "COMBINES", "CONTROLS", "Capture", "CarrierMissingError", "DEFAULT_MODEL",
     "DuplicateNameError", "FAMILIES", "Family", "InterventionError", "KINDS", "LayerOutOfRangeError", "LinearMap",
-    "LoadedModel", "MAPS", "MissingRoleError", "PluginError", "PositionOutOfRangeError", "Protocol", "Registry",
-    "Result", "SCHEMA_VERSION", "Session", "Site", "SoftTokens", "SpecFormatError", "SpecKind", "Splice", "Steer",
-    "Step", "UnknownBackendError", "UnknownCombineError", "UnknownModelError", "UnknownSiteError",
+    "LoadedModel", "MAPS", "Merge", "MissingRoleError", "PluginError", "PositionOutOfRangeError", "Protocol",
+    "Registry", "Result", "SCHEMA_VERSION", "Session", "Site", "SoftTokens", "SpecFormatError", "SpecKind", "Splice",
+    "Steer", "Step", "UnknownBackendError", "UnknownCombineError", "UnknownModelError", "UnknownSiteError",
     "WeightHashMismatchError", "WidthMismatchError", "ZOO", "capture", "fit_linear_map", "from_dict", "from_text",
     "get_backend", "greedy", "load", "load_model", "load_spec", "model_table", "protocol", "register_combine",
     "register_control", "register_family", "register_kind", "register_map", "register_protocol", "register_task",

@@ -76,3 +76,12 @@ class MissingRoleError(InterventionError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class StatisticsError(InterventionError, ValueError):
+    """Corpus statistics cannot be fit (too few sentences for the width, rank-deficient or
+    non-finite states) or are not available; the message says how to fit them."""
+
+
+class NonFiniteStateError(InterventionError, ValueError):
+    """A state holds NaN or inf; the message names the site (model role, block, stream) that produced it."""

@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from .errors import PositionOutOfRangeError
+from .errors import NonFiniteStateError, PositionOutOfRangeError
 from .models.families import STREAM_ORDER
 from .models.loaded import LoadedModel
 
@@ -86,3 +86,16 @@ def padded_positions(mask: torch.Tensor) -> torch.Tensor:
 def decode_positions(batch: int) -> torch.Tensor:
     """During decoding the sequence is the new token only."""
     return torch.zeros(batch, 1, dtype=torch.long)
+
+
+def describe_site(site, model: LoadedModel) -> str:
+    """A site in words, for errors: model role (name), block, stream."""
+    return f"model role {site.model!r} ({model.name}), block {model.resolve_layer(site.layer)}, {site.stream}"
+
+
+def require_finite(acts: torch.Tensor, what: str) -> torch.Tensor:
+    """``acts`` unchanged, or ``NonFiniteStateError`` saying ``what`` (and where) holds NaN or inf."""
+    if not bool(torch.isfinite(acts).all()):
+        raise NonFiniteStateError(f"NaN or inf in {what}. Check that site's model in float32 (half precision "
+                                  "overflows), the message's map, and the combine's parameters.")
+    return acts

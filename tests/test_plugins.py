@@ -45,7 +45,7 @@ def test_tracing_function_and_combine_plugin_are_scored(tmp_path, tiny_dir):
     path = experiment(tmp_path / "e.yaml", tiny_dir, plugins=[str(EXAMPLES / "plugin_nnsight.py"),
                                                               str(EXAMPLES / "plugin_combine.py")], protocols=[
         {"kind": "nnsight_replace", "layer": 1, "max_new_tokens": 4},
-        {"kind": "ac", "combine": ["replace", "orthogonal"], "k": 1, "j": 1}])
+        {"kind": "ac", "combine": ["replace", "cosine_gated"], "k": 1, "j": 1}])
     rows = run_experiment(load_experiment(str(path)), tmp_path / "out", progress=False)
     traced = [r for r in rows if r["protocol"] == "nnsight_replace"]
     assert len(traced) == 6 and traced[0]["protocol_spec"] == {"kind": "nnsight_replace", "layer": 1,
@@ -53,8 +53,8 @@ def test_tracing_function_and_combine_plugin_are_scored(tmp_path, tiny_dir):
     assert traced[0]["compute"]["tokens"]["A"] > 0 and traced[0]["compute"]["flops"] > 0  # metered
     # the raw nnsight traces and the built-in splice path graft the same state: same answers
     assert predictions(rows, "nnsight_replace") == predictions(rows, "ac_replace_k1_j1")
-    orthogonal = [r for r in rows if r["protocol"] == "ac_orthogonal_k1_j1"]
-    assert orthogonal[0]["interventions"][0]["combine"] == "orthogonal"
+    gated = [r for r in rows if r["protocol"] == "ac_cosine_gated_k1_j1"]
+    assert gated[0]["interventions"][0]["combine"] == "cosine_gated"
 
 
 def test_spec_file_as_protocol_matches_the_built_in_channel(tmp_path, tiny_dir):
@@ -71,8 +71,8 @@ def test_eval_scores_a_plugin_against_silent_skyline_and_controls(tmp_path, tiny
     _, rows, out, _ = evaluate(str(EXAMPLES / "plugin_combine.py"), "countries", (str(tiny_dir), str(tiny_dir)),
                                n=6, out=tmp_path / "eval", k=1, j=1, max_new_tokens=4, progress=False)
     assert {r["protocol"] for r in rows} == {
-        "silent", "skyline", "ac_orthogonal_k1_j1", "ac_orthogonal_k1_j1_ctl-random",
-        "ac_orthogonal_k1_j1_ctl-mismatched", "ac_orthogonal_k1_j1_ctl-zero"}
+        "silent", "skyline", "ac_cosine_gated_k1_j1", "ac_cosine_gated_k1_j1_ctl-random",
+        "ac_cosine_gated_k1_j1_ctl-mismatched", "ac_cosine_gated_k1_j1_ctl-zero"}
     summary = (out / "summary.md").read_text()
     assert "Channels against their controls" in summary and "| mismatched |" in summary
 

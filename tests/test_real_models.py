@@ -100,7 +100,7 @@ def test_readme_eval_command_scores_the_plugin(tmp_path):
                "--pair", "smollm2-135m,smollm2-135m", "--n", "50", "--out", str(tmp_path)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
-    for protocol in ("silent", "skyline", "ac_orthogonal_k8_j8", "ac_orthogonal_k8_j8_ctl-random",
-                     "ac_orthogonal_k8_j8_ctl-mismatched", "ac_orthogonal_k8_j8_ctl-zero"):
+    for protocol in ("silent", "skyline", "ac_cosine_gated_k8_j8", "ac_cosine_gated_k8_j8_ctl-random",
+                     "ac_cosine_gated_k8_j8_ctl-mismatched", "ac_cosine_gated_k8_j8_ctl-zero"):
         assert f"| {protocol} | 50 |" in done.stdout
     assert "Channels against their controls" in done.stdout

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from ..alignment import graft
-from ..combine import get_combine
-from ..sites import Edit
+from ..combine import build_combine, check_combine_args
+from ..merges import MergeContext
+from ..sites import Edit, describe_site, require_finite
 from .base import APPLY_MODES, Align, Site, SpecKind, check_choice, register_kind
 
 
@@ -16,7 +19,9 @@ class Splice(SpecKind):
     """Combine the source site's activation into the target site: ``combine(target, source)``.
 
     The source is captured at run time from the source role's prompts (one per target prompt, or
-    a single one shared by all), mapped by ``align`` when the spaces differ.
+    a single one shared by all), mapped by ``align`` when the spaces differ. A merge with
+    parameters (``interventions.merges``) takes them in ``combine_args``, e.g. ``{"scale": 0.5}``.
+    NaN or inf in the message, the target's state or the result stops the run, naming the site.
     """
 
     source: Site
@@ -24,9 +29,13 @@ class Splice(SpecKind):
     combine: str = "replace"
     align: Align = field(default_factory=Align)
     apply: str = "prefill"      # prefill: once on the prompt (as in AC); every_step: also each new token
+    combine_args: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        get_combine(self.combine)  # fail early, naming the known functions
+        if self.combine_args is None:
+            object.__setattr__(self, "combine_args", {})
+        check_combine_args(self.combine, self.combine_args)  # fail early, naming the known functions
+        object.__setattr__(self, "combine_args", dict(self.combine_args))  # the caller's dict stays theirs
         check_choice(self.apply, APPLY_MODES, "apply mode")
 
     def roles(self) -> set[str]:
@@ -35,13 +44,24 @@ class Splice(SpecKind):
     def reads(self) -> set[str]:
         return {self.source.model}
 
-    def compile(self, program) -> None:
+    def message(self, program) -> torch.Tensor:
+        """The (rows, n_pos, d) state this splice sends, control applied, mapped into the target's space."""
         acts = program.stacked(program.message(self.source), "splice.source")
+        source = program.session.model(self.source.model)
+        require_finite(acts, f"the message read at {describe_site(self.source, source)}")
         acts = program.aligned(acts, self.align, self.source, self.target.layer)
-        combine = get_combine(self.combine)
+        return require_finite(acts, f"the message from {describe_site(self.source, source)} after align "
+                                    f"{self.align.kind!r}")
+
+    def compile(self, program) -> None:
+        acts = self.message(program)
+        combine = build_combine(self.combine, self.combine_args, MergeContext.of(self, program))
+        where = describe_site(self.target, program.model)
 
         def fn(target_acts):
+            require_finite(target_acts, f"the target's state at {where}")
             # at decode steps (every_step) the newest token takes the last source vector
-            return graft(combine, target_acts, acts if target_acts.shape[1] == acts.shape[1] else acts[:, -1:])
+            merged = graft(combine, target_acts, acts if target_acts.shape[1] == acts.shape[1] else acts[:, -1:])
+            return require_finite(merged, f"the state combine {self.combine!r} produced at {where}")
 
         program.add_edit(Edit(program.resolve(self.target), fn, every_step=self.apply == "every_step"))
