@@ -11,18 +11,25 @@ token at block j, through a fitted map when the models differ; B answers. What A
 
 ``control`` replaces the message: ``random`` (a seeded vector of the message's norm), ``zero``, or
 ``mismatched`` (A reads another item of the task).
+
+A merge's parameters (``scale``, ``rank``, ``top_p``, ``norm``; None: the merge's default) go into the
+splice's ``combine_args`` and into the name when set. With ``diagnostics`` (on by default) each row
+records ``extra["diagnostics"]``: where the merged state sits among B's natural states, KL(clean ||
+intervened) at the answer position and the message's logit-lens tokens (``interventions.diagnostics``),
+measured with one extra forward of B per batch that is not charged to the row.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field, NonNegativeFloat, PositiveInt, field_validator
+from pydantic import Field, FiniteFloat, NonNegativeFloat, PositiveInt, field_validator, model_validator
 
 from ...alignment import MAPS
-from ...combine import COMBINES
+from ...combine import COMBINES, check_combine_args
 from ...compute import Compute
+from ...diagnostics import splice_diagnostics
 from ...session import Sampler
 from ...spec import Align, Site, Splice
 from ...spec.base import Layer, check_layer
@@ -75,6 +82,14 @@ class AC(Protocol):
     completion_tokens: PositiveInt = Field(32, description="sender=completion: A writes up to this many tokens")
     temperature: NonNegativeFloat = Field(0.7, description="sender=completion: sampling temperature")
     control: Control = Field("none", description="replace the message: random, zero or mismatched")
+    scale: FiniteFloat | None = Field(None, description="merges: λ, the weight of what is injected (None: 1)")
+    rank: PositiveInt | None = Field(None, description="orthogonal_subspace: principal directions of B removed")
+    top_p: float | None = Field(None, gt=0, le=100, description="ties: percent of coordinates each delta keeps")
+    norm: bool | None = Field(None, description="merges: rescale the result to B's median natural norm")
+    diagnostics: bool = Field(True, description="record manifold diagnostics per row (not charged to compute)")
+
+    quiet_defaults = ("scale", "rank", "top_p", "norm", "diagnostics")
+    merge_parameters: ClassVar[tuple[str, ...]] = ("scale", "rank", "top_p", "norm")
 
     @field_validator("combine")
     @classmethod
@@ -101,10 +116,21 @@ class AC(Protocol):
         check_layer(value)
         return value
 
+    @model_validator(mode="after")
+    def _merge_takes_parameters(self):
+        check_combine_args(self.combine, self.combine_args())
+        return self
+
+    def combine_args(self) -> dict:
+        """The merge parameters that are set, as the splice takes them."""
+        return {name: getattr(self, name) for name in self.merge_parameters if getattr(self, name) is not None}
+
     def _suffix(self) -> str:
+        merge = "".join(f"_{name}{fmt(value)}" if not isinstance(value, bool) else f"_{'' if value else 'no'}{name}"
+                        for name, value in self.combine_args().items())
         align = "" if self.align == "none" else f"_{self.align}"
         variant = "" if self.sender == "raw" else f"_{self.sender}"
-        return f"{align}{variant}{control_suffix(self.control)}"
+        return f"{merge}{align}{variant}{control_suffix(self.control)}"
 
     @property
     def family(self) -> str:
@@ -120,15 +146,19 @@ class AC(Protocol):
             same = ctx.model("A").weight_sha256 == ctx.model("B").weight_sha256
             align = "none" if same else "linear"
         return Splice(source=Site("A", self.k, -1, self.stream), target=Site("B", self.j, -1, self.stream),
-                      combine=self.combine, align=Align(align))
+                      combine=self.combine, align=Align(align), combine_args=self.combine_args())
 
     def run(self, ctx: Context, items):
         sources = ctx.sources(items, self.control)
         texts, costs = sender_texts(ctx, sources, self.sender, self.completion_tokens, self.temperature)
         receiver = ctx.model("B")
         prompts = {"A": texts, "B": [answer_prompt(receiver, ctx.task, it) for it in items]}
-        outcomes = answer(ctx, "B", prompts, items, [self.splice(ctx)], vector_control(self.control))
+        splice, control = self.splice(ctx), vector_control(self.control)
+        outcomes = answer(ctx, "B", prompts, items, [splice], control)
         if self.control == "mismatched":
             for outcome, source in zip(outcomes, sources):
                 outcome.extra["message_from"] = source.id
+        if self.diagnostics:   # measurement, not the channel: nothing is charged to the rows
+            for outcome, measured in zip(outcomes, splice_diagnostics(ctx.session, prompts, splice, control)):
+                outcome.extra["diagnostics"] = measured
         return add_costs(outcomes, costs)

@@ -49,6 +49,7 @@ class Protocol(BaseModel):
     roles: ClassVar[tuple[str, ...]] = ("B",)    # model roles the protocol needs
     sweep: ClassVar[tuple[str, ...]] = ()        # fields that form a grid (the report maps two of them)
     private_context: ClassVar[bool] = False      # only meaningful when A holds private information
+    quiet_defaults: ClassVar[tuple[str, ...]] = ()   # fields recorded only when set (see as_dict)
 
     def needed_roles(self) -> tuple[str, ...]:
         return self.roles
@@ -67,8 +68,13 @@ class Protocol(BaseModel):
         return self.kind
 
     def as_dict(self) -> dict:
-        """Everything that defines this protocol, as plain data (recorded in every row)."""
-        return {"kind": self.kind, **self.model_dump(mode="json")}
+        """Everything that defines this protocol, as plain data (recorded in every row). Fields in
+        ``quiet_defaults`` appear only when set, so adding such a field keeps finished work keys."""
+        dumped = self.model_dump(mode="json")
+        for name in self.quiet_defaults:
+            if getattr(self, name) == type(self).model_fields[name].default:
+                del dumped[name]
+        return {"kind": self.kind, **dumped}
 
     def identity(self) -> dict:
         """What the work key hashes; defaults to ``spec()``."""
