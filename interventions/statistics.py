@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -29,6 +28,7 @@ from . import corpus
 from .alignment import _ridge_solve, corpus_activations
 from .errors import StatisticsError
 from .models.cache import cache_root
+from .verified import load_tensors, save_tensors
 from .models.loaded import LoadedModel
 
 HELD_OUT_FRACTION = 0.1
@@ -201,14 +201,12 @@ def _cached(kind: str, fingerprint: str, cls, fit):
     if fingerprint in _memo:
         return _memo[fingerprint]
     path = cache_root() / "statistics" / f"{kind}-{fingerprint}.pt"
-    if path.exists():
-        fitted = cls(**torch.load(path, weights_only=True))
+    saved = load_tensors(path, "cached statistics")
+    if saved is not None:
+        fitted = cls(**saved)
     else:
         fitted = fit()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.partial")
-        torch.save(_fields(fitted), partial)
-        partial.replace(path)   # atomic: a killed fit leaves no half file
+        save_tensors(_fields(fitted), path)
     _memo[fingerprint] = fitted
     return fitted
 

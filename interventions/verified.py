@@ -55,7 +55,7 @@ def save_tensors(obj, path: Path) -> None:
     """``torch.save`` (tensors, numbers, strings, containers only) with a checksum sidecar."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(path.name + ".partial")
+    staging = path.with_name(f"{path.name}.{os.getpid()}.partial")  # two writers never share a staging file
     torch.save(obj, staging)
     staging.replace(path)  # atomic: a killed save leaves no half file
     _sidecar(path).write_text(json.dumps(record(path)))
