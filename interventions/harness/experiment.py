@@ -44,6 +44,7 @@ class ExperimentFile(BaseModel):
     tasks: list[TaskEntry] = Field(min_length=1)
     protocols: list[dict] = Field(min_length=1)
     baseline: str | dict | None = None
+    reference: list[str] = Field(default_factory=list)   # protocols whose best the report compares all others with
     notes: str = ""
     plugins: list[str] = Field(default_factory=list)
 
@@ -66,6 +67,7 @@ class Experiment(BaseModel):
     max_new_tokens: int = 16
     batch_size: int = 16
     baseline: str | dict | None = None
+    reference: list[str] = Field(default_factory=list)
     description: str = ""
     notes: str = ""
     plugins: list[str] = Field(default_factory=list)
@@ -149,6 +151,10 @@ def build_experiment(data, where: str, base_dir: Path | None = None, path: Path 
             else:
                 protocols.append(protocol)
                 protocol_tasks[protocol] = limit
+    names = [p.name for p in protocols]
+    for name in parsed.reference:
+        if name not in names:
+            raise ExperimentFormatError(f"{where}.reference: no protocol is named {name!r}.{suggest(name, names)}")
     fields = parsed.model_dump(exclude={"tasks", "protocols", "name"})
     return Experiment(name=parsed.name or (path.stem if path else "experiment"), tasks=tasks, protocols=protocols,
                       protocol_tasks=protocol_tasks, path=path, **fields)

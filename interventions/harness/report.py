@@ -348,7 +348,8 @@ def _json_safe(x):
 
 
 def write_report(rows: list[dict], out_dir, title: str, notes_md: str = "",
-                 baseline_protocol: str | dict | None = None, data_note: str = "") -> dict:
+                 baseline_protocol: str | dict | None = None, data_note: str = "",
+                 reference: list[str] | None = None) -> dict:
     """Write summary.json, summary.md and PNG plots into ``out_dir``; return {"summary", "paired", "files"}."""
     import matplotlib
     matplotlib.use("Agg")  # headless: never needs a display
@@ -359,11 +360,16 @@ def write_report(rows: list[dict], out_dir, title: str, notes_md: str = "",
     summary = summarize(rows)
     diffs = paired_differences(rows, baseline_protocol)
     controls = control_differences(rows)
+    from .analysis import (manifold_correlations, manifold_md, plot_accuracy_vs_distance, reference_differences,
+                           reference_md)
+    versus_reference = reference_differences(rows, reference) if reference else []
+    correlations = manifold_correlations(rows)
 
     plots = [_plot_accuracy(plt, task, entries, out_dir)
              for task, entries in _groups(summary, lambda s: s["task"]).items()]
     plots.append(_plot_acc_vs_flops(plt, summary, out_dir))
     plots += _plot_sweep_heatmaps(plt, rows, out_dir)
+    plots += plot_accuracy_vs_distance(plt, rows, out_dir)
     plots = [p for p in plots if p is not None]
 
     md = [f"# {title}", "", f"{len(rows)} result rows. Accuracy is the mean score; CIs are Wilson 95%. "
@@ -371,6 +377,7 @@ def write_report(rows: list[dict], out_dir, title: str, notes_md: str = "",
     if data_note:  # the reader skipped lines of results.jsonl: say so where the numbers are
         md += [f"**Reading results.jsonl:** {data_note}; `interventions check` lists them.", ""]
     md += _summary_md(summary) + _paired_md(diffs) + _controls_md(controls)
+    md += reference_md(versus_reference) + manifold_md(correlations)
     md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     if notes_md:
         md += [notes_md]
@@ -379,6 +386,8 @@ def write_report(rows: list[dict], out_dir, title: str, notes_md: str = "",
     payload = {"title": title, "n_rows": len(rows), **({"data_note": data_note} if data_note else {}),
                "summary": summary, "paired_differences": diffs,
                "control_differences": controls,
+               **({"reference_differences": versus_reference} if versus_reference else {}),
+               **({"manifold_correlations": correlations} if correlations else {}),
                "plots": [p.name for p in plots]}
     (out_dir / "summary.json").write_text(json.dumps(_json_safe(payload), indent=2, default=str))
     files = [out_dir / "summary.json", out_dir / "summary.md", *plots]

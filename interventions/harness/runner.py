@@ -169,7 +169,7 @@ def report(experiment: Experiment, out_dir: Path | None = None) -> dict:
                                 + f"; run `interventions run {experiment.path or experiment.name} --out {out_dir}` first")
     return write_report(found.rows, out_dir, f"{experiment.name}: {experiment.description}".strip(": "),
                         notes_md=experiment.notes, baseline_protocol=experiment.baseline,
-                        data_note=found.problems())
+                        data_note=found.problems(), reference=experiment.reference)
 
 
 def run_experiment_cli(args) -> None:

@@ -1,0 +1,152 @@
+"""Report sections a new combine needs: against the best existing one, and the cost of leaving the manifold.
+
+``reference_differences``: per (task, model pair), every protocol against the best of a reference
+set (e.g. AC sum, mean and replace), paired on shared items. Picking the reference with the best
+accuracy on the same items favours the reference, so a merge that beats it has cleared a higher bar.
+
+``manifold_correlations``: over rows that record manifold diagnostics (``interventions.diagnostics``),
+the Spearman rank correlation between how far the intervened state lies from B's natural states
+and the row's score, with an item-resampling bootstrap interval (rows of one item move together,
+since they share its difficulty).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .report import _groups, _paired, _slug, model_pair
+
+DIAGNOSTICS = ("mahalanobis_percentile", "norm_ratio", "kl")
+
+
+def reference_differences(rows: list[dict], reference: list[str], n_boot: int = 10000, seed: int = 0) -> list[dict]:
+    out = []
+    for (task, pair), grp in _groups(rows, lambda r: (r["task"], model_pair(r))).items():
+        by_protocol = _groups(grp, lambda r: r["protocol"])
+        candidates = {p: rs for p, rs in by_protocol.items() if p in reference}
+        if not candidates:
+            continue
+        best = max(candidates, key=lambda p: np.mean([r["score"] for r in candidates[p]]))
+        for protocol, prows in by_protocol.items():
+            if protocol == best:
+                continue
+            res = _paired(prows, candidates[best], n_boot, seed)
+            if res:
+                res["reference_acc"] = res.pop("other_acc")
+                out.append({"task": task, "model_pair": pair, "protocol": protocol, "reference": best, **res})
+    return out
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share their mean rank), as Spearman needs for 0/1 scores."""
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x))
+    sorted_x = x[order]
+    start = 0
+    for stop in range(1, len(x) + 1):
+        if stop == len(x) or sorted_x[stop] != sorted_x[start]:
+            ranks[order[start:stop]] = (start + stop - 1) / 2
+            start = stop
+    return ranks
+
+
+def spearman(x, y) -> float:
+    rx, ry = _ranks(np.asarray(x, float)), _ranks(np.asarray(y, float))
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def spearman_interval(x, y, items, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Spearman's rho with a 95% bootstrap interval that resamples items (with all their rows)."""
+    x, y, items = np.asarray(x, float), np.asarray(y, float), np.asarray(items)
+    groups = list(_groups(range(len(items)), lambda i: items[i]).values())
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        idx = np.concatenate([groups[g] for g in rng.integers(0, len(groups), len(groups))])
+        value = spearman(x[idx], y[idx])
+        if value == value:
+            boots.append(value)
+    low, high = np.quantile(boots, [0.025, 0.975]) if boots else (float("nan"), float("nan"))
+    return {"rho": spearman(x, y), "low": float(low), "high": float(high), "n_rows": int(len(x)),
+            "n_items": len(groups)}
+
+
+def _diagnosed(rows):
+    return [r for r in rows if isinstance((r.get("extra") or {}).get("diagnostics"), dict)]
+
+
+def manifold_correlations(rows: list[dict], seed: int = 0) -> list[dict]:
+    """Per task and model pair, then over everything: rho(diagnostic, score) with intervals."""
+    rows = _diagnosed(rows)
+    out = []
+    scopes = list(_groups(rows, lambda r: (r["task"], model_pair(r))).items())
+    if len(scopes) > 1:
+        scopes.append((("all tasks", "all pairs"), rows))
+    for (task, pair), grp in scopes:
+        for name in DIAGNOSTICS:
+            pts = [(r["extra"]["diagnostics"][name], r["score"], f"{r['task']}/{model_pair(r)}/{r['item_id']}")
+                   for r in grp if r["extra"]["diagnostics"].get(name) is not None]
+            if len(pts) < 10:
+                continue
+            x, y, items = zip(*pts)
+            out.append({"task": task, "model_pair": pair, "diagnostic": name,
+                        **spearman_interval(x, y, items, seed=seed)})
+    return out
+
+
+def reference_md(diffs: list[dict]) -> list[str]:
+    if not diffs:
+        return []
+    lines = ["## Against the best reference (protocol − best of the reference set, shared items, bootstrap 95% CI)",
+             "", "The reference is picked per task and model pair by its accuracy on these same items, "
+             "which favours it.", "",
+             "| task | models | protocol | reference | n | acc | reference acc | Δ [95% CI] | p |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for d in diffs:
+        lines.append(f"| {d['task']} | {d['model_pair']} | {d['protocol']} | {d['reference']} | {d['n_shared']} | "
+                     f"{d['acc']:.3f} | {d['reference_acc']:.3f} | {d['diff']:+.3f} [{d['low']:+.3f}, "
+                     f"{d['high']:+.3f}] | {d['p_value_two_sided']:.4f} |")
+    return lines + [""]
+
+
+def manifold_md(correlations: list[dict]) -> list[str]:
+    if not correlations:
+        return []
+    lines = ["## Distance from B's manifold and accuracy (Spearman ρ over rows, item-bootstrap 95% CI)", "",
+             "`mahalanobis_percentile`: percent of B's natural held-out states at most as far from B's mean as "
+             "the intervened state (100 = farther than any natural state); `norm_ratio`: its norm over B's "
+             "median natural norm; `kl`: KL(clean ‖ intervened) of B's next-token distribution. A negative ρ "
+             "means rows farther off the manifold score lower.", "",
+             "| task | models | diagnostic | rows | items | ρ [95% CI] |", "|---|---|---|---|---|---|"]
+    for c in correlations:
+        lines.append(f"| {c['task']} | {c['model_pair']} | {c['diagnostic']} | {c['n_rows']} | {c['n_items']} | "
+                     f"{c['rho']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] |")
+    return lines + [""]
+
+
+def plot_accuracy_vs_distance(plt, rows: list[dict], out_dir: Path) -> list[Path]:
+    """Per task: one point per (protocol, model pair): accuracy against median distance percentile."""
+    paths = []
+    for task, trows in _groups(_diagnosed(rows), lambda r: r["task"]).items():
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        for i, (pair, prows) in enumerate(_groups(trows, model_pair).items()):
+            points = []
+            for protocol, grp in _groups(prows, lambda r: r["protocol"]).items():
+                dist = np.median([r["extra"]["diagnostics"]["mahalanobis_percentile"] for r in grp])
+                points.append((dist, np.mean([r["score"] for r in grp]), protocol))
+            xs, ys, _ = zip(*points)
+            ax.scatter(xs, ys, color=f"C{i}", label=pair, alpha=0.8)
+        ax.set_xlabel("median Mahalanobis percentile among B's natural states")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{task}: accuracy against distance from B's manifold")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = Path(out_dir) / f"acc_vs_distance_{_slug(task)}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths

@@ -1,0 +1,47 @@
+"""Report sections for merges: the best-reference comparison and the manifold-distance correlation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from interventions.harness.analysis import manifold_correlations, reference_differences, spearman, spearman_interval
+
+
+def _row(protocol, item, score, distance=None, task="t"):
+    row = {"task": task, "protocol": protocol, "item_id": item, "score": score,
+           "models": {"A": {"name": "a"}, "B": {"name": "b"}}}
+    if distance is not None:
+        row["extra"] = {"diagnostics": {"mahalanobis_percentile": distance, "norm_ratio": 1.0, "kl": distance / 100}}
+    return row
+
+
+def test_spearman_matches_a_hand_computation_with_ties():
+    # x ranks: 1, 2, 3, 4 ; y = (0, 0, 1, 1) has average ranks (1.5, 1.5, 3.5, 3.5)
+    rx, ry = np.array([1, 2, 3, 4.0]), np.array([1.5, 1.5, 3.5, 3.5])
+    expected = np.corrcoef(rx, ry)[0, 1]
+    assert spearman([10, 20, 30, 40], [0, 0, 1, 1]) == pytest.approx(expected)
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 1], [0, 1, 0]) != spearman([1, 1, 1], [0, 1, 0])  # NaN: no variance
+
+
+def test_spearman_interval_resamples_items_and_covers_the_estimate():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=200)
+    y = (x + rng.normal(scale=0.5, size=200) < 0).astype(float)   # farther -> lower score
+    res = spearman_interval(x, y, [i // 2 for i in range(200)], n_boot=300)
+    assert res["n_items"] == 100 and res["low"] <= res["rho"] <= res["high"] < 0
+
+
+def test_reference_is_the_best_of_the_set_and_others_are_paired_against_it():
+    rows = [_row("sum", i, float(i < 2)) for i in range(10)] + [_row("replace", i, float(i < 6)) for i in range(10)]
+    rows += [_row("merge", i, float(i < 7)) for i in range(10)]
+    diffs = {d["protocol"]: d for d in reference_differences(rows, ["sum", "replace"], n_boot=200)}
+    assert set(diffs) == {"sum", "merge"} and diffs["merge"]["reference"] == "replace"
+    assert diffs["merge"]["diff"] == pytest.approx(0.1) and diffs["sum"]["diff"] == pytest.approx(-0.4)
+
+
+def test_manifold_correlation_finds_a_planted_negative_relation():
+    rows = [_row(p, i, float(d < 50), distance=d) for p in ("a", "b") for i, d in enumerate(range(0, 100, 5))]
+    by = {c["diagnostic"]: c for c in manifold_correlations(rows)}
+    assert by["mahalanobis_percentile"]["rho"] < -0.8 and by["mahalanobis_percentile"]["n_items"] == 20
