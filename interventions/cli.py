@@ -32,6 +32,12 @@ def _cmd_inspect(args) -> None:
     print(json.dumps(summary, indent=2, default=str))
 
 
+def _cmd_align(args) -> None:
+    from .alignment.survey import align_cli
+
+    align_cli(args)
+
+
 def _cmd_demo(args) -> None:
     from .demo import run_demo
 
@@ -150,6 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--backend", choices=BACKENDS, default="torch")
     p.set_defaults(fn=_cmd_inspect)
+
+    p = sub.add_parser("align", help="every block pair of two models: similarity metrics and held-out fits of every map kind")
+    p.add_argument("model_a")
+    p.add_argument("model_b")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=1000, help="corpus sentences per cell (the first n of the 3000-sentence map corpus)")
+    p.add_argument("--seed", type=int, default=0, help="picks the corpus and the held-out split")
+    p.add_argument("--maps", default=None, help="comma-separated map kinds to fit (default: every fitted kind)")
+    p.set_defaults(fn=_cmd_align)
 
     p = sub.add_parser("demo", help="one activation-communication splice between two SmolLM2 agents")
     p.add_argument("--model", default="smollm2-135m")

@@ -113,3 +113,23 @@ def plot_similarity(similarity: Similarity, path: Path) -> Path:
     ax.set_xlabel(f"{similarity.y['model']} {LAYER_LABEL}", fontsize=8)
     ax.set_title(f"{what}\nrows {_side(similarity.x)}\ncolumns {_side(similarity.y)}", fontsize=8)
     return _save(fig, path)
+
+
+def plot_layer_pairs(matrix, path: Path, title: str, colour_label: str, rows_model: str, columns_model: str,
+                     vmin: float = 0.0, vmax: float = 1.0) -> Path:
+    """Heatmap of a (L1, L2) score over block pairs (row k = output of block k of the rows' model);
+    values outside [vmin, vmax] take the end colours, NaN cells stay blank. The best cell is marked."""
+    values = np.asarray(matrix, dtype=float)
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", origin="lower", cmap="viridis",
+                      vmin=vmin, vmax=vmax, interpolation="nearest")
+    fig.colorbar(image, ax=ax, label=colour_label)
+    if np.isfinite(values).any():
+        best_row, best_column = np.unravel_index(np.nanargmax(values), values.shape)
+        ax.plot(best_column, best_row, marker="s", markersize=9, markerfacecolor="none", color="red")
+    _layer_ticks(ax, "y", list(range(values.shape[0])))
+    _layer_ticks(ax, "x", list(range(values.shape[1])))
+    ax.set_ylabel(f"{rows_model} block (output of block k, 0-based)", fontsize=8)
+    ax.set_xlabel(f"{columns_model} block (output of block j, 0-based)", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)

@@ -76,17 +76,27 @@ class Site:
 class Align:
     """How to bridge two spaces: a registered map kind (``interventions.alignment.MAPS``).
 
-    ``none`` refuses a width mismatch, ``trailing`` applies AC's rule, ``linear`` fits ridge least
-    squares over ``n_sentences`` corpus sentences.
+    ``none`` refuses a width mismatch, ``trailing`` applies AC's rule; ``linear``, ``procrustes``,
+    ``cca`` and ``relative`` are fitted over ``n_sentences`` corpus sentences (``seed`` picks them
+    and the held-out split). ``components``: principal directions (procrustes) or canonical pairs
+    (cca) to keep, None for as many as the data spans. ``anchors``: anchor sentences (relative).
     """
 
     kind: str = "none"
     n_sentences: int = 3000
     seed: int = 0
+    components: int | None = None
+    anchors: int = 300
 
     def __post_init__(self) -> None:
         from ..alignment import MAPS
         MAPS.get(self.kind)  # fail early, naming the known maps
+        for name, least in (("n_sentences", 1), ("components", 1), ("anchors", 2)):
+            value = getattr(self, name)
+            if value is None and name == "components":
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise SpecFormatError(f"align.{name}: expected a whole number >= {least}, got {value!r}")
 
 
 class SpecKind:
