@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from .. import corpus
 from ..models.cache import cache_root
+from ..verified import load_tensors, save_tensors
 from ..models.loaded import LoadedModel
 from ..registry import _origin
 from .errors import DegenerateFitError
@@ -132,20 +133,14 @@ def fit_on_corpus(kind: FittedKind, source: LoadedModel, source_layer, target: L
     fingerprint = (f"{source.weight_sha256[:12]}-L{k}-to-{target.weight_sha256[:12]}-{'E' if j == 'embed' else f'L{j}'}"
                    f"-{corpus.fingerprint(texts)}-{kind.method(align)}")
     path = cache_root() / "maps" / f"{fingerprint}.pt"
-    saved = torch.load(path) if path.exists() else None
-    if saved is not None and "cosine_heldout" in saved:
+    saved = load_tensors(path, "cached map")
+    if saved is not None:
         return kind.map_class(**saved)
     split = Split.of(len(texts), align.seed)
     x, y = paired_states(source, k, target, j, texts)
     x = Layer(x, split, f"{source.name} block {k}")
     y = Layer(y, split, f"{target.name} {'input embeddings' if j == 'embed' else f'block {j}'}")
-    if saved is not None:  # cached before the held-out cosine was recorded: judge it again, keep the fit
-        fitted = kind.map_class(**saved)
-        _, cosine = heldout_fit(fitted, x.rows("heldout"), y.rows("heldout"), fingerprint)
-        fitted = dataclasses.replace(fitted, cosine_heldout=cosine)
-    else:
-        fitted = dataclasses.replace(kind.fit_and_judge(x, y, align).as_float32(), fingerprint=fingerprint)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(fitted.state(), path)
+    fitted = dataclasses.replace(kind.fit_and_judge(x, y, align).as_float32(), fingerprint=fingerprint)
+    save_tensors(fitted.state(), path)
     path.with_suffix(".json").write_text(json.dumps(fitted.describe(), indent=2))
     return fitted

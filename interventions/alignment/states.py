@@ -8,6 +8,7 @@ from tqdm.auto import tqdm
 
 from .. import corpus
 from ..models.cache import cache_root
+from ..verified import load_tensors, save_tensors
 from ..models.loaded import LoadedModel
 
 
@@ -21,8 +22,9 @@ def corpus_embeddings(model: LoadedModel, texts: list[str]) -> torch.Tensor:
 def corpus_activations(model: LoadedModel, texts: list[str], batch_size: int = 32) -> torch.Tensor:
     """Last-token residual after every block: (n_texts, n_layers, d_model), cached on disk."""
     path = cache_root() / "activations" / f"{model.name.replace('/', '_')}-{model.weight_sha256[:12]}-{corpus.fingerprint(texts)}.pt"
-    if path.exists():
-        return torch.load(path)
+    cached = load_tensors(path, "cached activations")
+    if cached is not None:
+        return cached
     from ..backends.torch_hooks import TorchHooksBackend
     from ..sites import ResolvedSite
 
@@ -38,8 +40,7 @@ def corpus_activations(model: LoadedModel, texts: list[str], batch_size: int = 3
         chunks.append(torch.cat(out.captures, dim=1))
     acts = torch.empty(len(texts), model.n_layers, model.d_model)
     acts[torch.tensor(order)] = torch.cat(chunks)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(acts, path)
+    save_tensors(acts, path)
     return acts
 
 
