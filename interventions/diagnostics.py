@@ -7,14 +7,19 @@ Per row, against B's corpus statistics at the target block (``interventions.stat
   ``mahalanobis_percentile``: percent of natural held-out states at most that far;
 - ``norm_ratio``: merged norm / B's median natural norm, and ``norm_percentile``: percent of
   natural states with at most that norm;
+- ``clean_mahalanobis``, ``clean_norm_ratio``: the same for B's own state at that site without the
+  intervention. The natural states are the last tokens of corpus sentences, so a prompt that ends
+  elsewhere (a chat template's assistant header) is far from them already: read the merged state's
+  distance against B's own;
 - ``kl``: KL(clean || intervened) of B's next-token distribution at the answer position (the last
   prompt position, which predicts the first generated token or a choice's first token), in nats;
 - ``message_top_tokens``: the sent vector's top tokens under B's logit lens (final norm, unembedding).
 
 ``splice_diagnostics`` measures a ``Splice`` with one extra forward of B per batch: the merged state
 is captured at the target site (a capture at an edited site reads the edited stream) together with
-the last block, whose logit lens is B's output. B's clean last-block states come from the
-session's per-prompt state cache, so a sweep computes them once. Nothing here is charged to rows.
+the last block, whose logit lens is B's output. B's clean states (every block, last token) take one
+more forward the first time the session sees a prompt and are kept, so a sweep computes them once.
+Nothing here is charged to rows.
 """
 
 from __future__ import annotations
@@ -56,6 +61,20 @@ def top_tokens(model: LoadedModel, vectors: torch.Tensor, k: int = TOP_TOKENS) -
     return [decode_each(model.tokenizer, row.tolist()) for row in ids]
 
 
+def clean_states(session, role: str, prompts: list[str]) -> torch.Tensor:
+    """(rows, n_layers, d): ``role``'s own last-token residual after every block, per prompt; one
+    forward for the prompts the session has not seen, kept in ``session.memo`` for later protocols."""
+    model = session.model(role)
+    key = lambda prompt: ("clean_states", model.weight_sha256, prompt)  # noqa: E731
+    missing = list(dict.fromkeys(p for p in prompts if key(p) not in session.memo))
+    if missing:
+        sites = [Site(role, block, -1) for block in range(model.n_layers)]
+        captured = session.capture(role, missing, sites).captures
+        for prompt, states in zip(missing, torch.cat([captured[site] for site in sites], dim=1)):
+            session.memo[key(prompt)] = states
+    return torch.stack([session.memo[key(p)] for p in prompts])
+
+
 def splice_diagnostics(session, prompts: dict, splice, control: str = "none",
                        k: int = TOP_TOKENS) -> list[dict]:
     """Per row of ``prompts[splice.target.model]``: the diagnostics above for ``splice`` (with the
@@ -68,12 +87,12 @@ def splice_diagnostics(session, prompts: dict, splice, control: str = "none",
         # the message as the splice sends it: A's cached states, control and map applied, no forward
         sent = splice.message(session.program(role, prompts, (), control))[:, -1].float()
         edited = session.capture(role, prompts, sites, [splice], control).captures
-        clean, _ = session.states(last, list(prompts[role]))
-        kl = kl_divergence(lens_logits(model, torch.stack([s[-1] for s in clean])),
-                           lens_logits(model, edited[last][:, -1]))
+        clean = clean_states(session, role, list(prompts[role]))
+        kl = kl_divergence(lens_logits(model, clean[:, -1]), lens_logits(model, edited[last][:, -1]))
     rows = [{"kl": _plain(value)} for value in kl]
     merged = edited[splice.target][:, -1].float()
-    for row, measures in zip(rows, _manifold_rows(model, splice, merged)):
+    own = clean[:, model.resolve_layer(splice.target.layer)].float()
+    for row, measures in zip(rows, _manifold_rows(model, splice, merged, own)):
         row.update(measures)
     if sent.shape[-1] == model.d_model:   # a message in B's space (not AC's trailing rule)
         for row, tokens in zip(rows, top_tokens(model, sent, k)):
@@ -81,7 +100,7 @@ def splice_diagnostics(session, prompts: dict, splice, control: str = "none",
     return rows
 
 
-def _manifold_rows(model: LoadedModel, splice, merged: torch.Tensor) -> list[dict]:
+def _manifold_rows(model: LoadedModel, splice, merged: torch.Tensor, own: torch.Tensor) -> list[dict]:
     """The statistics-based measures per row, or why they are missing (the statistics are of
     resid_post; fitting them needs the corpus)."""
     if splice.target.stream != "resid_post":
@@ -91,5 +110,7 @@ def _manifold_rows(model: LoadedModel, splice, merged: torch.Tensor) -> list[dic
         stats = layer_stats(model, splice.target.layer, splice.align.n_sentences, splice.align.seed)
     except (InterventionError, ValueError) as error:
         return [{"manifold": f"not measured: {error}"} for _ in merged]
-    measures = manifold(stats, merged)
+    clean = manifold(stats, own)
+    measures = {**manifold(stats, merged), "clean_mahalanobis": clean["mahalanobis"],
+                "clean_norm_ratio": clean["norm_ratio"]}
     return [{name: _plain(values[i]) for name, values in measures.items()} for i in range(len(merged))]

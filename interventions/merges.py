@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from .combine import Merge, register_combine
-from .errors import CarrierMissingError, StatisticsError
+from .errors import CarrierMissingError, StatisticsError, WidthMismatchError
 from .models.loaded import LoadedModel
 from .sites import describe_site
 from .statistics import LayerStats, Regression, layer_stats, source_regression
@@ -134,8 +134,9 @@ class MergeContext:
 
 def _same_width(vectors: torch.Tensor, width: int, merge: Merge) -> None:
     if vectors.shape[-1] != width:
-        raise StatisticsError(f"merge {merge.name!r} works in B's full {width}-wide space but got {vectors.shape[-1]}"
-                              "-wide states (AC's trailing rule); bridge different widths with align: linear")
+        raise WidthMismatchError(f"merge {merge.name!r} works in B's full {width}-wide space but got "
+                                 f"{vectors.shape[-1]}-wide states (AC's trailing rule); bridge different widths "
+                                 "with align: linear")
 
 
 # ---------------------------------------------------------------------------- the merges

@@ -76,6 +76,11 @@ def ledoit_wolf(x: torch.Tensor) -> tuple[torch.Tensor, float]:
     return (1 - shrinkage) * sample + shrinkage * level * torch.eye(d, dtype=x.dtype), shrinkage
 
 
+def _host(states: torch.Tensor) -> torch.Tensor:
+    """States as float64 on the CPU, where statistics live."""
+    return states.detach().to("cpu", torch.float64)
+
+
 @dataclass(frozen=True)
 class LayerStats:
     """Statistics of natural last-token states of one model at one block (float64 tensors)."""
@@ -116,13 +121,13 @@ class LayerStats:
 
     def mahalanobis(self, states: torch.Tensor) -> torch.Tensor:
         """(...,) distance of (..., d) states from the mean under the shrinkage covariance."""
-        centred = (states.double() - self.mean).reshape(-1, self.width)
+        centred = (_host(states) - self.mean).reshape(-1, self.width)
         whitened = torch.linalg.solve_triangular(self.cholesky, centred.T, upper=False)
         return whitened.norm(dim=0).reshape(states.shape[:-1])
 
     def norm_percentile(self, states: torch.Tensor) -> torch.Tensor:
         """Percent of natural states whose norm is at most each state's norm."""
-        return percentile_of(self.norms, states.double().norm(dim=-1))
+        return percentile_of(self.norms, _host(states).norm(dim=-1))
 
     def distance_percentile(self, states: torch.Tensor) -> torch.Tensor:
         """Percent of natural held-out states at most as far (Mahalanobis) from the mean."""
@@ -165,7 +170,8 @@ class Regression:
     n_heldout: int
 
     def predict(self, states: torch.Tensor) -> torch.Tensor:
-        return states.double() @ self.weight + self.bias
+        """Float64, on the states' device."""
+        return states.double() @ self.weight.to(states.device) + self.bias.to(states.device)
 
 
 def r_squared(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:

@@ -12,6 +12,7 @@ import interventions as iv
 from interventions import statistics
 from interventions.diagnostics import kl_divergence, splice_diagnostics, top_tokens
 from interventions.harness.experiment import load_experiment
+from interventions.harness.protocols import ac
 from interventions.harness.runner import run_experiment
 from interventions.statistics import layer_stats
 from tiny_models import tiny_model
@@ -48,6 +49,9 @@ def test_a_no_op_merge_has_zero_kl_and_a_real_one_does_not(model):
     loud = splice_diagnostics(session, PROMPTS, splice("replace"))
     assert [row["kl"] for row in quiet] == pytest.approx([0.0, 0.0], abs=1e-6)
     assert all(row["kl"] > 1e-4 for row in loud)
+    for row in quiet:   # the merged state is B's own
+        assert row["mahalanobis"] == pytest.approx(row["clean_mahalanobis"], rel=1e-5)
+        assert row["norm_ratio"] == pytest.approx(row["clean_norm_ratio"], rel=1e-5)
 
 
 def test_distances_and_norms_are_those_of_the_merged_state(model):
@@ -61,6 +65,8 @@ def test_distances_and_norms_are_those_of_the_merged_state(model):
     assert [r["norm_percentile"] for r in rows] == pytest.approx(stats.norm_percentile(sent).tolist())
     assert [r["mahalanobis_percentile"] for r in rows] == pytest.approx(stats.distance_percentile(sent).tolist())
     assert rows[0]["message_top_tokens"] == top_tokens(model, sent[:1])[0]
+    own = iv.capture(model, PROMPTS, [iv.Site("B", 2)], backend="torch")[iv.Site("B", 2)][:, -1]
+    assert [r["clean_mahalanobis"] for r in rows] == pytest.approx(stats.mahalanobis(own).tolist(), rel=1e-5)
 
 
 def test_manifold_measures_are_skipped_with_a_reason_off_resid_post(model):
@@ -76,7 +82,10 @@ def test_logit_lens_of_an_unembedding_row_is_its_token(model):
     assert [row[0] for row in top] == [f"w{t}" for t in tokens]
 
 
-def test_ac_rows_record_diagnostics_without_charging_them(tmp_path, tiny_dir):
+def test_ac_rows_record_diagnostics_without_charging_them(tmp_path, tiny_dir, monkeypatch):
+    # statistics from 200 corpus sentences rather than ac's 3000: the same code, a fast test
+    monkeypatch.setattr(ac, "Align", lambda kind: iv.Align(kind, n_sentences=200))
+
     def rows(diagnostics: bool):
         path = tmp_path / f"e{diagnostics}.yaml"
         path.write_text(json.dumps({
@@ -93,6 +102,6 @@ def test_ac_rows_record_diagnostics_without_charging_them(tmp_path, tiny_dir):
         assert with_["compute"]["flops"] == without["compute"]["flops"]
         assert with_["compute"]["tokens"] == without["compute"]["tokens"]
         diagnostics = with_["extra"]["diagnostics"]
-        assert {"kl", "mahalanobis", "mahalanobis_percentile", "norm_ratio", "norm_percentile",
-                "message_top_tokens"} <= set(diagnostics)
+        assert {"kl", "mahalanobis", "mahalanobis_percentile", "norm_ratio", "norm_percentile", "clean_mahalanobis",
+                "clean_norm_ratio", "message_top_tokens"} <= set(diagnostics)
         assert (diagnostics["kl"] < 1e-5) == (with_["protocol"] == "ac_orthogonal_k1_j2_scale0")

@@ -158,6 +158,14 @@ def test_missing_statistics_say_how_to_fit_them(model):
         Ties().bind(context)
 
 
+def test_merges_with_statistics_refuse_a_narrower_trailing_message(model):
+    narrow = tiny_model("qwen2", width=48)
+    splice = iv.Splice(source=iv.Site("A", 1), target=iv.Site("B", 2), combine="scaled_add",
+                       align=iv.Align("trailing", n_sentences=200))
+    with pytest.raises(iv.WidthMismatchError, match="full 64-wide space but got 48-wide.*align: linear"):
+        iv.run(splice, {"A": narrow, "B": model}, {"A": ["w3 w4"], "B": ["w5 w6"]}, backend="torch")
+
+
 def test_nan_stops_the_splice_naming_the_site(model):
     prompts = {"A": ["w3 w4"], "B": ["w5 w6"]}
     CONTROLS.register("nan_message", lambda message, key: torch.full_like(message, float("nan")))
@@ -185,6 +193,8 @@ def test_ac_defaults_keep_their_recorded_form_and_parameters_flow_into_the_splic
     assert AC(k=8, j=8, diagnostics=False).as_dict() == {**before, "diagnostics": False}
     with pytest.raises(ValueError, match="unknown parameter 'top_p' for merge 'orthogonal'"):
         AC(k=8, j=8, combine="orthogonal", top_p=10)
+    with pytest.raises(ValueError, match="top_p"):
+        AC(k=8, j=8, combine="ties", top_p=0)
 
 
 def test_ac_protocol_entry_sweeps_scale():
