@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 from typing import ClassVar, Literal
 
-from pydantic import Field, FiniteFloat, NonNegativeFloat, PositiveInt, field_validator, model_validator
+from pydantic import Field, NonNegativeFloat, PositiveInt, field_validator, model_validator
 
 from ...alignment import MAPS
 from ...combine import COMBINES, check_combine_args
@@ -82,8 +82,9 @@ class AC(Protocol):
     completion_tokens: PositiveInt = Field(32, description="sender=completion: A writes up to this many tokens")
     temperature: NonNegativeFloat = Field(0.7, description="sender=completion: sampling temperature")
     control: Control = Field("none", description="replace the message: random, zero or mismatched")
-    scale: FiniteFloat | None = Field(None, description="merges: λ, the weight of what is injected (None: 1)")
-    rank: PositiveInt | None = Field(None, description="orthogonal_subspace: principal directions of B removed")
+    scale: float | None = Field(None, allow_inf_nan=False, description="merges: λ, the weight of what is injected "
+                                "(None: 1)")
+    rank: int | None = Field(None, ge=1, description="orthogonal_subspace: principal directions of B removed")
     top_p: float | None = Field(None, gt=0, le=100, description="ties: percent of coordinates each delta keeps")
     norm: bool | None = Field(None, description="merges: rescale the result to B's median natural norm")
     diagnostics: bool = Field(True, description="record manifold diagnostics per row (not charged to compute)")
