@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import interventions as iv
-from interventions.alignment import MAPS, DegenerateFitError, Layer, Split
+from interventions import corpus
+from interventions.alignment import MAPS, DegenerateFitError, Layer, Split, paired_states
 from interventions.alignment.cca import canonical_pairs
 from interventions.alignment.relative import relative_coordinates
 from interventions.inspection.metrics import (METRICS, ac_similarity, ac_similarity_matrix, mutual_knn,
@@ -93,7 +94,7 @@ def test_cca_recovers_planted_correlated_directions():
     split = Split.of(n, 0)
     source = Layer(x, split, "A").centred("train")
     target = Layer(y, split, "B").centred("train")
-    a, b, correlations = canonical_pairs(source, target, ridge=1e-8)
+    a, _, correlations = canonical_pairs(source, target, ridge=1e-8)
     assert (correlations[:2] > 0.99).all() and (correlations[2:] < 0.1).all()
     # A's top two canonical variates span the planted shared signal
     variates = source.data @ a[:, :2]
@@ -309,19 +310,14 @@ def test_fitted_maps_are_cached_by_fingerprint(pair, tmp_path):
     assert fewer.components == 2 and fewer.fingerprint != first.fingerprint
 
 
-def test_linear_cache_from_before_the_cosine_is_judged_again(pair):
+def test_linear_map_reports_its_heldout_cosine(pair):
     a, b = pair
     fitted = iv.fit_linear_map(a, 0, b, 3, n_sentences=200)
-    assert "cosine_heldout" in fitted.describe() and 0 < fitted.cosine_heldout <= 1
-    from interventions.models.cache import cache_root
-    path = cache_root() / "maps" / f"{fitted.fingerprint}.pt"
-    saved = torch.load(path)
-    del saved["cosine_heldout"]
-    torch.save(saved, path)
-    again = iv.fit_linear_map(a, 0, b, 3, n_sentences=200)
-    assert torch.equal(again.weight, fitted.weight) and again.r2_heldout == fitted.r2_heldout
-    assert again.cosine_heldout == pytest.approx(fitted.cosine_heldout, abs=1e-6)
-    assert "cosine_heldout" in torch.load(path)
+    x, y = paired_states(a, 0, b, 3, corpus.sentences(200, 0))
+    rows = Split.of(200, 0).heldout
+    expected = torch.nn.functional.cosine_similarity(fitted(x[rows]).double(), y[rows].double(), dim=-1).mean()
+    assert fitted.describe()["cosine_heldout"] == pytest.approx(float(expected), abs=1e-4)
+    assert 0.0 < fitted.cosine_heldout <= 1.0
 
 
 # ------------------------------------------------------------------ the survey (interventions align)
@@ -342,6 +338,24 @@ def test_align_command_on_one_model_against_itself(tiny_dir, tmp_path, shared_ca
     assert "relative: 16 pairs refused" in printed and "best block pair" in printed and "candidates" in printed
     assert {p.name for p in tmp_path.glob("*.png")} >= {"cka.png", "mutual_knn.png", "ac_similarity.png",
                                                         "linear_r2.png", "cca_cosine.png"}
+
+
+def test_survey_summary_by_hand():
+    from interventions.alignment.survey import Survey, agreeing_kinds
+
+    nan = math.nan
+    scores = {"cka": [[0.1, 0.9], [0.5, 0.2]], "linear_r2": [[0.0, 0.8], [0.9, nan]],
+              "cca_r2": [[0.001, 0.8], [0.9, nan]], "linear_cosine": [[1.0, 1.0], [1.0, 1.0]]}
+    model = {"name": "m", "sha256": "0", "n_layers": 2, "d_model": 4}
+    result = Survey(models={"A": model, "B": model}, n=10, seed=0, corpus={},
+                    scores={name: torch.tensor(m) for name, m in scores.items()})
+    assert result.best()["cka"] == (0, 1, pytest.approx(0.9)) and result.best()["linear_r2"][:2] == (1, 0)
+    # ranks (1 = best) of cells (0,0) (0,1) (1,0) (1,1): cka 4 1 2 3, linear 3 2 1 4, cca 3 2 1 4
+    assert [(k, j) for k, j, _ in result.candidates()] == [(1, 0), (0, 1), (0, 0)]
+    assert result.candidates()[0][2] == pytest.approx(4 / 3)
+    assert agreeing_kinds(result, ["linear", "cca"]) == [
+        "linear and cca give the same held-out R² on every pair (largest gap 0.0010)"]
+    assert "null" not in json.dumps(result.to_dict()["best"])
 
 
 # ------------------------------------------------------------------ real models

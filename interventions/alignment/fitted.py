@@ -21,9 +21,9 @@ import torch.nn.functional as F
 
 from .. import corpus
 from ..models.cache import cache_root
-from ..verified import load_tensors, save_tensors
 from ..models.loaded import LoadedModel
 from ..registry import _origin
+from ..verified import load_tensors, save_tensors
 from .errors import DegenerateFitError
 from .layers import Layer, Split
 from .maps import MAPS

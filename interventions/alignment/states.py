@@ -8,8 +8,8 @@ from tqdm.auto import tqdm
 
 from .. import corpus
 from ..models.cache import cache_root
-from ..verified import load_tensors, save_tensors
 from ..models.loaded import LoadedModel
+from ..verified import load_tensors, save_tensors
 
 
 @torch.inference_mode()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,11 +71,11 @@ class Survey:
         ranks = []
         for name in self.ranking_scores():
             values = torch.nan_to_num(self.scores[name].double().flatten(), nan=-math.inf)
-            ranks.append(torch.empty_like(values).scatter_(0, values.argsort(descending=True),
+            ranks.append(torch.empty_like(values).scatter_(0, values.argsort(descending=True, stable=True),
                                                            torch.arange(1, len(values) + 1, dtype=values.dtype)))
         mean_rank = torch.stack(ranks).mean(0)
         width = next(iter(self.scores.values())).shape[1]
-        return [(int(i) // width, int(i) % width, float(mean_rank[i])) for i in mean_rank.argsort()[:top]]
+        return [(int(i) // width, int(i) % width, float(mean_rank[i])) for i in mean_rank.argsort(stable=True)[:top]]
 
     def to_dict(self) -> dict:
         def plain(matrix):
@@ -88,17 +89,20 @@ class Survey:
 
     def summary_lines(self) -> list[str]:
         a, b = self.models["A"], self.models["B"]
-        depth = lambda k, model: k / max(1, model["n_layers"] - 1)  # noqa: E731
-        lines = [f"A = {a['name']} ({a['n_layers']} blocks x {a['d_model']}), B = {b['name']} "
-                 f"({b['n_layers']} blocks x {b['d_model']}); {self.n} corpus sentences, seed {self.seed}; "
-                 f"{self.wall_s.get('total', 0):.0f} s",
-                 "best block pair (k, j) per score:"]
+        header = (f"A = {a['name']} ({a['n_layers']} blocks x {a['d_model']}), B = {b['name']} "
+                  f"({b['n_layers']} blocks x {b['d_model']}); {self.n} corpus sentences, seed {self.seed}; "
+                  f"{self.wall_s.get('total', 0):.0f} s")
+        lines = [header, "best block pair (k, j) per score (depth = block / last block):"]
         for name, (k, j, value) in self.best().items():
-            lines.append(f"  {name:<20} ({k:>2}, {j:>2})  {value:8.4f}   depth {depth(k, a):.2f} -> {depth(j, b):.2f}")
+            lines.append(f"  {name:<20} ({k:>2}, {j:>2})  {value:8.4f}   depth {_depth(k, a):.2f} -> {_depth(j, b):.2f}")
         cells = ", ".join(f"({k}, {j})" for k, j, _ in self.candidates())
         lines.append(f"candidates (best mean rank over {', '.join(self.ranking_scores())}): {cells}")
         lines.extend(f"note: {note}" for note in self.notes)
         return lines
+
+
+def _depth(block: int, model: dict) -> float:
+    return block / max(1, model["n_layers"] - 1)
 
 
 def fitted_kinds() -> list[str]:
@@ -113,7 +117,6 @@ def survey(model_a: LoadedModel, model_b: LoadedModel, n: int = DEFAULT_N, seed:
            kinds: list[str] | None = None, progress: bool = True) -> Survey:
     """Metrics and held-out map fits for every block pair of A and B over ``n`` corpus sentences."""
     from ..inspection.metrics import METRICS
-    from ..spec.base import Align
 
     if not 1 <= n <= CORPUS_SIZE:
         raise InterventionError(f"n must be between 1 and {CORPUS_SIZE} (the map corpus), got {n}")
@@ -136,29 +139,70 @@ def survey(model_a: LoadedModel, model_b: LoadedModel, n: int = DEFAULT_N, seed:
     split = Split.of(n, seed)
     layers_a = [Layer(acts_a[:, k], split, f"{model_a.name} block {k}") for k in range(model_a.n_layers)]
     layers_b = [Layer(acts_b[:, j], split, f"{model_b.name} block {j}") for j in range(model_b.n_layers)]
+    with single_threaded():
+        refused = fit_pairs(result, layers_a, layers_b, kinds, progress)
+    for kind, first in refused.items():
+        count = int(result.scores[f"{kind}_r2"].isnan().sum())
+        result.notes.append(f"{kind}: {count} pairs refused (blank cells), first {first}")
+    result.notes.extend(agreeing_kinds(result, kinds))
+    wall["total"] = round(time.perf_counter() - start, 1)
+    return result
+
+
+def agreeing_kinds(result: Survey, kinds: list[str], tolerance: float = 0.005) -> list[str]:
+    """Notes for two kinds whose held-out R² agree on every fitted pair: one of them adds nothing
+    here (e.g. CCA with every component, which predicts all that the ridge map can)."""
+    notes = []
+    for i, first in enumerate(kinds):
+        for second in kinds[i + 1:]:
+            gaps = (result.scores[f"{first}_r2"] - result.scores[f"{second}_r2"]).abs()
+            gaps = gaps[~gaps.isnan()]
+            if len(gaps) and float(gaps.max()) < tolerance:
+                notes.append(f"{first} and {second} give the same held-out R² on every pair "
+                             f"(largest gap {float(gaps.max()):.4f})")
+    return notes
+
+
+@contextmanager
+def single_threaded():
+    """One torch thread while fitting: each step is a small decomposition that gains little from a
+    second thread, and on shared cores two processes' thread pools spin against each other (on the
+    2-core machine under load: 0.6 s per pair with one thread, 2-25 s with two)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def fit_pairs(result: Survey, layers_a: list[Layer], layers_b: list[Layer], kinds: list[str],
+              progress: bool = True) -> dict[str, str]:
+    """Fit and judge every kind on every block pair into ``result.scores`` (and the time spent per
+    kind into ``result.wall_s``); returns, per kind, the first refusal's reason."""
+    from ..spec.base import Align
+
     for kind in kinds:
         for quality in QUALITIES.values():
             result.scores[f"{kind}_{quality}"] = torch.full((len(layers_a), len(layers_b)), math.nan)
-        wall[kind] = 0.0
+    spent = dict.fromkeys(kinds, 0.0)
     refused: dict[str, str] = {}
     pairs = [(k, j) for k in range(len(layers_a)) for j in range(len(layers_b))]
-    for k, j in tqdm(pairs, desc=f"fitting maps {model_a.name} -> {model_b.name}", disable=not progress):
+    names = f"{result.models['A']['name']} -> {result.models['B']['name']}"
+    for k, j in tqdm(pairs, desc=f"fitting maps {names}", disable=not progress):
         for kind in kinds:
             began = time.perf_counter()
             try:
-                fitted = MAPS.get(kind).fit_and_judge(layers_a[k], layers_b[j], Align(kind, n, seed))
+                fitted = MAPS.get(kind).fit_and_judge(layers_a[k], layers_b[j], Align(kind, result.n, result.seed))
             except DegenerateFitError as error:
                 refused.setdefault(kind, f"({k}, {j}): {error}")
                 continue
             finally:
-                wall[kind] += time.perf_counter() - began
+                spent[kind] += time.perf_counter() - began
             for attribute, quality in QUALITIES.items():
                 result.scores[f"{kind}_{quality}"][k, j] = getattr(fitted, attribute)
-    for kind, first in refused.items():
-        count = int(result.scores[f"{kind}_r2"].isnan().sum())
-        result.notes.append(f"{kind}: {count} pairs refused (blank cells), first {first}")
-    wall.update({kind: round(wall[kind], 2) for kind in kinds}, total=round(time.perf_counter() - start, 1))
-    return result
+    result.wall_s.update({kind: round(seconds, 2) for kind, seconds in spent.items()})
+    return refused
 
 
 COLOUR_LABELS = {"cka": "linear CKA", "ac_similarity": "AC similarity ‖YᵀX‖²/(‖X‖²‖Y‖²)",
@@ -176,9 +220,10 @@ def write_survey(result: Survey, out_dir) -> dict[str, Path]:
     a, b = result.models["A"]["name"], result.models["B"]["name"]
     for name, matrix in result.scores.items():
         values = matrix.double().numpy()
-        label = COLOUR_LABELS.get(name) or (name.replace("_r2", " held-out R² (below -1 shown as -1)")
-                                            .replace("_cosine", " held-out mean cosine"))
         low = max(-1.0, float(np.nanmin(values))) if np.isfinite(values).any() else 0.0
+        clipped = " (below -1 shown as -1)" if low == -1.0 else ""
+        label = COLOUR_LABELS.get(name) or (name.replace("_r2", f" held-out R²{clipped}")
+                                            .replace("_cosine", " held-out mean cosine"))
         paths[name] = plot_layer_pairs(values, out / f"{name}.png", f"{label}\n{a} (rows) vs {b} (columns), "
                                        f"{result.n} sentences", label, a, b, vmin=low,
                                        vmax=float(np.nanmax(values)) if np.isfinite(values).any() else 1.0)
