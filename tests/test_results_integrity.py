@@ -118,8 +118,9 @@ def test_ctrl_c_exits_130_with_the_resume_command(tmp_path, tiny_dir):
     spec, _ = _tiny(tmp_path, tiny_dir, n=40, batch_size=2)
     out = tmp_path / "out"
     results = out / "results.jsonl"
+    # a shell's background jobs inherit SIGINT as ignored; give the child Ctrl-C back, as a terminal would
     proc = subprocess.Popen(_cli("run", spec, "--out", out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and len(read_rows(results)) < 6:
         time.sleep(0.05)
