@@ -59,11 +59,8 @@ def read_results(path: Path) -> ResultsFile:
                 break
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                row = None
-            if not isinstance(row, dict) or not isinstance(row.get("key"), str):
+            row = _row_of(line)
+            if row is None:
                 out.bad_lines.append(number)
             elif row["key"] in seen:
                 out.duplicates.append(number)
@@ -71,6 +68,15 @@ def read_results(path: Path) -> ResultsFile:
                 seen.add(row["key"])
                 out.rows.append(row)
     return out
+
+
+def _row_of(line: str) -> dict | None:
+    """The row a complete line holds, or None if it is not a JSON object with a string key."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return row if isinstance(row, dict) and isinstance(row.get("key"), str) else None
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -83,12 +89,9 @@ def rewrite_clean(path: Path, drop_keys: set[str] = frozenset()) -> None:
     line (unreadable, duplicate, dropped, torn) is appended to ``results.rejected``."""
     kept, rejected, seen = [], [], set()
     for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines(keepends=True):
-        try:
-            row = json.loads(line) if line.endswith("\n") else None
-        except json.JSONDecodeError:
-            row = None
-        key = row.get("key") if isinstance(row, dict) else None
-        if isinstance(key, str) and key not in seen and key not in drop_keys:
+        row = _row_of(line) if line.endswith("\n") else None  # a torn tail is rejected too
+        key = row["key"] if row else None
+        if key is not None and key not in seen and key not in drop_keys:
             seen.add(key)
             kept.append(line)
         elif line.strip():
