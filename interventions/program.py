@@ -82,6 +82,22 @@ class Program:
             charge.merge(cost)
         return [apply_control(self.control, s, key) for s, key in zip(states, prompts)]
 
+    def given_message(self, name: str) -> list[torch.Tensor]:
+        """Per row, the (n, d) vectors handed over as ``prompts[name]`` (one per row, or one shared),
+        in this model's input-embedding width; control applied, seeded by the row's prompt."""
+        if name not in self.prompts:
+            raise MissingRoleError(f"soft_tokens.message={name!r}: pass the vectors beside the prompts, as "
+                                   f"prompts[{name!r}] (one (n, d) tensor per row); got {sorted(self.prompts)}")
+        given = list(self.prompts[name])
+        if len(given) == 1 and self.rows > 1:
+            given = given * self.rows
+        if len(given) != self.rows:
+            raise InterventionError(f"prompts[{name!r}] has {len(given)} tensors for {self.rows} rows of role "
+                                    f"{self.role!r}: give one per row, or one that every row shares")
+        return [apply_control(self.control, self.check_width(torch.as_tensor(v), f"prompts[{name!r}]",
+                                                             embedding=True), prompt)
+                for v, prompt in zip(given, self.prompts[self.role])]
+
     def messages_from(self, vectors: torch.Tensor) -> list[torch.Tensor]:
         """User-given (n, d) vectors as every row's message, control applied (seeded by the row's
         own prompt, so a row's control does not depend on its batch)."""

@@ -6,7 +6,8 @@ returns per-row results with their ``Compute`` (tokens per role, analytic FLOPs,
 already charged, sources included. ``iv.run`` and every harness protocol go through here.
 
 ``prompts`` is a list of prompts for the acting role, or a dict mapping roles to prompt lists
-when interventions read other models (a splice's source role reads its own prompts).
+when interventions read other models (a splice's source role reads its own prompts); a dict may
+also carry per-row vectors under a name that a ``SoftTokens(message=name)`` reads.
 """
 
 from __future__ import annotations

@@ -120,8 +120,38 @@ def test_width_mismatch_and_overlong_sequences_are_explained():
     too_many = iv.SoftTokens(vectors=torch.zeros(300, model.d_model))
     with pytest.raises(SoftTokenError, match="past .* context of 256"):
         iv.run(too_many, model, "w3 w4", backend="torch")
-    with pytest.raises(iv.SpecFormatError, match="either vectors"):
+    with pytest.raises(iv.SpecFormatError, match="give one of vectors"):
         iv.SoftTokens()
+    with pytest.raises(iv.SpecFormatError, match="give one of vectors"):
+        iv.SoftTokens(vectors=torch.zeros(1, model.d_model), message="m")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_per_row_message_matches_reference_and_is_recorded_by_name(backend):
+    """Vectors handed beside the prompts: a different number of vectors per row, each row its own."""
+    model = tiny_model("llama")
+    gen = torch.Generator().manual_seed(3)
+    rows = [torch.randn(n, model.d_model, generator=gen) for n in (1, 3, 2)]
+    spec = iv.SoftTokens(message="thought", at="end", markers=("w90", "w91"))
+    result = iv.run(spec, model, {"B": PROMPTS, "thought": rows}, backend=backend)
+    embeds, mask = reference_batch(model, PROMPTS, rows, "end", ("w90", "w91"))
+    with torch.no_grad():
+        expected = copy.deepcopy(model.hf)(inputs_embeds=embeds, attention_mask=mask).logits
+    assert (result.logits - expected)[mask.bool()].abs().max().item() <= TOL
+    assert iv.to_dict(spec)["message"] == "thought"            # the row records a name, not the vectors
+    shared = iv.run(spec, model, {"B": PROMPTS[:1], "thought": rows[:1]}, backend=backend)
+    assert torch.allclose(shared.logits[0], result.logits[0, -shared.logits.shape[1]:], atol=TOL)
+
+
+def test_per_row_message_errors_name_the_fix():
+    model = tiny_model("llama")
+    spec = iv.SoftTokens(message="thought")
+    with pytest.raises(iv.MissingRoleError, match=r"prompts\['thought'\]"):
+        iv.run(spec, model, {"B": PROMPTS}, backend="torch")
+    with pytest.raises(iv.InterventionError, match="2 tensors for 3 rows"):
+        iv.run(spec, model, {"B": PROMPTS, "thought": [torch.zeros(1, model.d_model)] * 2}, backend="torch")
+    with pytest.raises(iv.WidthMismatchError):
+        iv.run(spec, model, {"B": PROMPTS, "thought": [torch.zeros(1, 8)] * 3}, backend="torch")
 
 
 def test_soft_tokens_round_trip_as_data():
