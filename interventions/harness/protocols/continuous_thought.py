@@ -1,0 +1,188 @@
+"""Continuous thought, training-free: ``continuous_thought`` (one model) and ``latent_mas`` (A thinks,
+B reads).
+
+A model "thinks" m latent steps: its last hidden state, mapped into its input-embedding space by
+LatentMAS's ridge map (``interventions.alignment.hidden_to_embedding``), is fed back as its next input
+embedding instead of a sampled token (Coconut: Hao et al., 2024, trained; LatentMAS: Zou et al.,
+2025, training-free). The m fed vectors then go into the answering prompt as soft tokens, between
+optional marker texts, and B answers as the task scores it (generation or choice log-likelihoods).
+
+- ``continuous_thought``: B thinks after its own answer prompt, then answers. m = 0 is plain answering.
+- ``latent_mas``: A thinks on what it reads (the question, or its private context; ``sender``), and B
+  reads A's m latent steps. Across models the map goes through the shared vocabulary (A's W_out to
+  B's W_in); models with different vocabularies are refused.
+
+The answer re-reads the prompt rather than continuing the thinking's KV cache: the session's
+``generate`` and ``loglikelihood`` start from prompts, and the thought's closing marker must follow
+the thoughts anyway. Controls: ``pause`` reads m copies of one fixed embedding (that of the filler
+text ``pause``, "..." by default: filler tokens as in Pfau et al., 2024, "Let's think dot by dot"),
+computing no thoughts; ``random`` (a random direction per thought, of its norm) and ``zero`` replace
+the thoughts B reads; ``mismatched`` (latent_mas) has A think about another item.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from pydantic import Field, NonNegativeInt
+
+from ...alignment.hidden_to_embedding import hidden_to_embedding
+from ...compute import Compute
+from ...errors import InterventionError
+from ...session import Session
+from ...spec import SoftTokens
+from ..prompts import answer_prompt
+from .ac import control_suffix, sender_texts
+from .base import Context, Protocol, add_costs, answer, register_protocol, vector_control
+
+THOUGHT = "thought"   # the name the thought vectors travel under, beside the prompts
+
+
+class PauseTextError(InterventionError, ValueError):
+    pass
+
+
+@dataclass
+class Thoughts:
+    fed: list[torch.Tensor]       # per row (m, d): what the thinker fed back, in its own embedding space
+    hidden: list[torch.Tensor]    # per row (m, d): the last hidden states they were mapped from
+    readings: list[str]           # per row: the tokens the logits favoured at each step
+    compute: list[Compute]
+
+
+def _charge_every_step(session: Session, role: str, out, costs: list[Compute]) -> None:
+    """``decode`` charges a row up to its first end-of-sequence reading; a thought is computed at
+    every step, so charge the steps after it too."""
+    steps, shape = out.ids.shape[1], session.shape(role)
+    for cost, prompt, new in zip(costs, out.prompt_tokens, out.new_tokens):
+        if new < steps:
+            full, charged = Compute(), Compute()
+            full.add_generation(role, shape, prompt, steps)
+            charged.add_generation(role, shape, prompt, new)
+            extra = Compute(tokens={role: steps - new}, flops=full.flops - charged.flops)
+            cost.merge(extra)
+            session.total.merge(extra)
+
+
+def think(session: Session, role: str, prompts: list[str], m: int, mapping, before: str = "") -> Thoughts:
+    """``role`` reads each prompt (then the marker text ``before``) and thinks ``m`` latent steps: each
+    step's last hidden state, through ``mapping``, is fed as the next input embedding. ``decode``
+    stops once every row's reading is end-of-sequence; thinking then goes on from a fresh read of
+    the prompts and the thoughts so far (as soft tokens), so every row gets m thoughts."""
+    width = session.model(role).d_model
+    fed = [torch.zeros(0, width) for _ in prompts]
+    hidden = [torch.zeros(0, width) for _ in prompts]
+    readings = ["" for _ in prompts]
+    compute = [Compute() for _ in prompts]
+    while fed[0].shape[0] < m:
+        steps: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def policy(step):
+            vectors = mapping(step.hidden).float()
+            steps.append((step.hidden.float(), vectors))
+            return vectors
+
+        reads_thoughts = bool(before) or fed[0].shape[0] > 0
+        specs = [SoftTokens(model=role, message=THOUGHT, markers=(before, ""))] if reads_thoughts else []
+        out = session.decode(role, {role: prompts, THOUGHT: fed}, specs, m - fed[0].shape[0], policy,
+                             needs_hidden=True)
+        _charge_every_step(session, role, out, out.compute)
+        for r in range(len(prompts)):
+            fed[r] = torch.cat([fed[r], *(v[r:r + 1] for _, v in steps)])
+            hidden[r] = torch.cat([hidden[r], *(h[r:r + 1] for h, _ in steps)])
+            readings[r] += out.texts[r]
+            compute[r].merge(out.compute[r])
+    return Thoughts(fed, hidden, readings, compute)
+
+
+def pause_vectors(model, text: str, m: int) -> torch.Tensor:
+    """m copies of the input embedding of ``text``, which must be one token of ``model``."""
+    ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise PauseTextError(f"pause={text!r} is {len(ids)} tokens for {model.name}; give a text that is one token")
+    with torch.inference_mode():
+        vector = model.adapter.embedding(model.hf)(torch.tensor(ids)).float()
+    return vector.expand(m, -1).clone()
+
+
+def read_thoughts(ctx: Context, prompts: list[str], items, thoughts: list[torch.Tensor], markers: tuple[str, str],
+                  control: str):
+    """B answers with ``thoughts[r]`` placed after its prompt, between the marker texts."""
+    spec = SoftTokens(model="B", message=THOUGHT, at="end", markers=markers)
+    return answer(ctx, "B", {"B": prompts, THOUGHT: thoughts}, items, [spec], control)
+
+
+class _Thinking(Protocol):
+    sweep = ("m",)
+
+    m: NonNegativeInt = Field(description="latent steps (m = 0: no thoughts)")
+    markers: tuple[str, str] = Field(("", ""), description="texts placed before and after the thoughts B reads")
+    realign: bool = Field(True, description="LatentMAS's ridge map; false: only rescale the hidden state")
+    pause: str = Field("...", description="control=pause: the one-token filler text whose embedding is repeated")
+
+    @property
+    def family(self) -> str:
+        return f"{self.kind}{control_suffix(self.control)}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}_m{self.m}{control_suffix(self.control)}"
+
+
+@register_protocol("continuous_thought")
+class ContinuousThought(_Thinking):
+    """B thinks m latent steps after its answer prompt, then answers."""
+
+    control: Literal["none", "random", "zero", "pause"] = Field("none", description="replace the thoughts B reads")
+
+    def run(self, ctx: Context, items):
+        model = ctx.model("B")
+        prompts = [answer_prompt(model, ctx.task, it) for it in items]
+        if self.m == 0:
+            return answer(ctx, "B", prompts, items)
+        if self.control == "pause":
+            return read_thoughts(ctx, prompts, items, [pause_vectors(model, self.pause, self.m)] * len(items),
+                                 self.markers, "none")
+        thoughts = think(ctx.session, "B", prompts, self.m, hidden_to_embedding(model, identity=not self.realign),
+                         self.markers[0])
+        outcomes = read_thoughts(ctx, prompts, items, thoughts.fed, self.markers, self.control)
+        for outcome, reading in zip(outcomes, thoughts.readings):
+            outcome.extra["thought_tokens"] = reading
+        return add_costs(outcomes, thoughts.compute)
+
+
+@register_protocol("latent_mas")
+class LatentMAS(_Thinking):
+    """A thinks m latent steps on what it reads; B reads A's thoughts as soft tokens and answers."""
+
+    roles = ("A", "B")
+    sender: Literal["raw", "chat"] = Field("chat", description="what A reads: plain text, or in its chat template")
+    control: Literal["none", "random", "zero", "mismatched", "pause"] = Field(
+        "none", description="replace the thoughts B reads")
+
+    def run(self, ctx: Context, items):
+        receiver = ctx.model("B")
+        prompts = [answer_prompt(receiver, ctx.task, it) for it in items]
+        if self.m == 0:
+            return answer(ctx, "B", prompts, items)
+        if self.control == "pause":
+            return read_thoughts(ctx, prompts, items, [pause_vectors(receiver, self.pause, self.m)] * len(items),
+                                 self.markers, "none")
+        sources = ctx.sources(items, self.control)
+        texts, costs = sender_texts(ctx, sources, self.sender)
+        sender = ctx.model("A")
+        identity = not self.realign
+        thoughts = think(ctx.session, "A", texts, self.m, hidden_to_embedding(sender, identity=identity))
+        if sender.weight_sha256 == receiver.weight_sha256:
+            vectors = thoughts.fed
+        else:   # B reads A's hidden states mapped into B's own embedding space
+            to_receiver = hidden_to_embedding(sender, receiver, identity=identity)
+            vectors = [to_receiver(h) for h in thoughts.hidden]
+        outcomes = read_thoughts(ctx, prompts, items, vectors, self.markers, vector_control(self.control))
+        for outcome, source, reading in zip(outcomes, sources, thoughts.readings):
+            outcome.extra["thought_tokens"] = reading
+            if self.control == "mismatched":
+                outcome.extra["message_from"] = source.id
+        return add_costs(add_costs(outcomes, thoughts.compute), costs)
