@@ -1,0 +1,53 @@
+"""The training-free channel: a ridge map from A's last-layer hidden states (after the final norm,
+which is what a decoding step's hidden state is) to B's input embeddings of the same tokens,
+fitted on corpus sentences (each sentence's last token) with the ``linear`` map kind, judged on
+held-out sentences and cached by fingerprint like every fitted map (``interventions.alignment``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import torch
+
+from .. import corpus
+from ..alignment import (
+    MAPS,
+    FittedMap,
+    Layer,
+    Split,
+    corpus_activations,
+    corpus_embeddings,
+)
+from ..models.cache import cache_root
+from ..models.loaded import LoadedModel
+from ..spec import Align
+from ..verified import load_tensors, save_tensors
+
+
+@torch.inference_mode()
+def final_states(model: LoadedModel, texts: list[str]) -> torch.Tensor:
+    """(n, d) last-token hidden state after the final norm: the last block's output, normed."""
+    last_block = corpus_activations(model, texts)[:, model.n_layers - 1]
+    return model.adapter.norm(model.hf)(last_block).float()
+
+
+def trajectory_map(sender: LoadedModel, receiver: LoadedModel, n_sentences: int = 3000, seed: int = 0) -> FittedMap:
+    """Ridge map A final hidden state -> B input embedding, fitted once per (weights, corpus)."""
+    align = Align("linear", n_sentences, seed)
+    kind = MAPS.get("linear")
+    texts = corpus.sentences(n_sentences, seed)
+    key = (f"{sender.weight_sha256[:12]}-final-to-{receiver.weight_sha256[:12]}-E-{corpus.fingerprint(texts)}"
+           f"-{kind.method(align)}")
+    path = cache_root() / "maps" / f"{key}.pt"
+    saved = load_tensors(path, "cached map")
+    if saved is not None:
+        return kind.map_class(**saved)
+    split = Split.of(len(texts), seed)
+    x = Layer(final_states(sender, texts), split, f"{sender.name} final hidden state")
+    y = Layer(corpus_embeddings(receiver, texts), split, f"{receiver.name} input embeddings")
+    fitted = dataclasses.replace(kind.fit_and_judge(x, y, align).as_float32(), fingerprint=key)
+    save_tensors(fitted.state(), path)
+    path.with_suffix(".json").write_text(json.dumps(fitted.describe(), indent=2))
+    return fitted
