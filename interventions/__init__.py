@@ -1,6 +1,6 @@
 """Latent communication between language models.
 
-Interventions are data (``Site``, ``Capture``, ``Splice``, ``Steer``, ``SoftTokens``); a ``Session``
+Interventions are data (``Site``, ``Capture``, ``Splice``, ``Steer``, ``SoftTokens``, ``KVTransfer``); a ``Session``
 executes any list of them on loaded models with the TransformerLens, nnsight or torch backend,
 and ``run`` is its one-call form.
 """
@@ -23,8 +23,8 @@ from .models import DEFAULT_MODEL, ZOO, LoadedModel, load_model, model_table, wr
 from .models.families import FAMILIES, Family, register_family
 from .registry import Registry
 from .session import Session, Step, greedy
-from .spec import (KINDS, SCHEMA_VERSION, Align, Capture, Site, SoftTokens, SpecKind, Splice, Steer, from_dict,
-                   from_text, load_spec, register_kind, save_spec, to_dict, to_json, to_yaml)
+from .spec import (KINDS, SCHEMA_VERSION, Align, Capture, KVTransfer, Site, SoftTokens, SpecKind, Splice, Steer,
+                   from_dict, from_text, load_spec, register_kind, save_spec, to_dict, to_json, to_yaml)
 
 load = load_model
 
@@ -39,7 +39,8 @@ def __getattr__(name):
 
 __all__ = [
     "Align", "BACKENDS", "COMBINES", "CONTROLS", "Capture", "CarrierMissingError", "DEFAULT_MODEL",
-    "DuplicateNameError", "FAMILIES", "Family", "InterventionError", "KINDS", "LayerOutOfRangeError", "LinearMap",
+    "DuplicateNameError", "FAMILIES", "Family", "InterventionError", "KINDS", "KVTransfer", "LayerOutOfRangeError",
+    "LinearMap",
     "LoadedModel", "MAPS", "Merge", "MissingRoleError", "PluginError", "PositionOutOfRangeError", "Protocol",
     "Registry", "Result", "SCHEMA_VERSION", "Session", "Site", "SoftTokens", "SpecFormatError", "SpecKind", "Splice",
     "Steer", "Step", "UnknownBackendError", "UnknownCombineError", "UnknownModelError", "UnknownSiteError",

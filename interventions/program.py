@@ -4,10 +4,14 @@ A ``Program`` starts as the encoded prompts of the acting role. Each spec's ``co
 input rewrites (soft tokens become ``inputs_embeds``, mask and positions follow), edits at
 resolved sites, captures. Messages from other models are fetched through the session, which
 caches them and charges their compute to the rows that use them; a control, when set, replaces
-every message (see ``interventions.controls``).
+every message (see ``interventions.controls``). A ``KVTransfer`` sets a key/value prefix: the
+session then runs the batch that ``inputs`` gives (the sender's cache as past, the combined mask,
+positions after the sender's) inside ``running()`` (which masks the prefix on unchosen layers).
 """
 
 from __future__ import annotations
+
+from contextlib import nullcontext
 
 import torch
 
@@ -15,7 +19,7 @@ from .alignment import width_mismatch
 from .controls import apply_control
 from .errors import InterventionError, MissingRoleError, WidthMismatchError
 from .compute import Compute
-from .sites import Edit, ResolvedSite, resolve_site
+from .sites import Edit, ResolvedSite, padded_positions, resolve_site
 
 
 class SoftTokenError(InterventionError, ValueError):
@@ -36,6 +40,7 @@ class Program:
         self.captures: list = []           # (Site, ResolvedSite)
         self.charges = [Compute() for _ in range(self.rows)]
         self.maps: list = []               # the maps the specs went through (each can describe() itself)
+        self.prefix = None                 # a KVPrefix (spec/kv_transfer.py) when the model reads another's cache
 
     @property
     def rows(self) -> int:
@@ -43,7 +48,72 @@ class Program:
 
     @property
     def mask(self) -> torch.Tensor:
+        """Which positions of this model's own (left-padded) prompts are real."""
         return self.batch["attention_mask"]
+
+    # ------------------------------------------------------------------ a key/value prefix
+
+    def set_prefix(self, prefix) -> None:
+        if self.prefix is not None:
+            raise InterventionError(f"role {self.role!r} is given two kv_transfer specs in one request; give one")
+        self.prefix = prefix
+
+    @property
+    def full_mask(self) -> torch.Tensor:
+        """The attention mask over [sender prefix | prompt]: what generation extends step by step."""
+        return self.mask if self.prefix is None else torch.cat([self.prefix.mask.to(self.mask.dtype), self.mask], 1)
+
+    @property
+    def offsets(self) -> torch.Tensor:
+        """(rows,): where each row's prompt positions start (after its sender's tokens; 0 without one)."""
+        return torch.zeros(self.rows, dtype=torch.long) if self.prefix is None else self.prefix.lengths
+
+    def positions(self) -> torch.Tensor:
+        """Position ids of the prompt: padding-aware, counted after the sender's tokens."""
+        return padded_positions(self.mask) + self.offsets[:, None]
+
+    def batch_with(self, prefix, **extra) -> dict:
+        batch = {**self.batch, **extra}
+        if prefix is None:
+            return batch
+        return {**batch, "attention_mask": torch.cat([prefix.mask.to(self.mask.dtype), self.mask], 1),
+                "position_ids": padded_positions(self.mask) + prefix.lengths[:, None],
+                "past_key_values": prefix.cache()}
+
+    def inputs(self, **extra) -> dict:
+        """The batch to run: the prompts plus ``extra``, with the prefix's cache, mask and positions."""
+        return self.batch_with(self.prefix, **extra)
+
+    def running(self, rows: torch.Tensor | None = None):
+        """Open around every forward of this program (``rows``: the program row of each batch row)."""
+        if self.prefix is None:
+            return nullcontext()
+        return self.prefix.masking(self.model, self.session.backend.name, rows)
+
+    def kv_message(self, role: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per row, ``role``'s (keys, values) cache of its prompt, each (layers, kv_heads, n, head_dim);
+        charged to the rows; control applied to every layer's keys and values by position."""
+        prompts = self.source_prompts(role)
+        caches, costs = self.session.kv_cache(role, prompts)
+        for charge, cost in zip(self.charges, costs):
+            charge.merge(cost)
+        return [tuple(self._controlled_cache(t, f"{prompt}|{name}") for t, name in zip(kv, "kv"))
+                for kv, prompt in zip(caches, prompts)]
+
+    def _controlled_cache(self, cache: torch.Tensor, key: str) -> torch.Tensor:
+        if self.control == "none":
+            return cache
+        layers, heads, n, dim = cache.shape
+        flat = cache.permute(0, 2, 1, 3).reshape(layers, n, heads * dim)   # a position's vector per layer
+        out = torch.stack([apply_control(self.control, flat[layer], f"{key}{layer}") for layer in range(layers)])
+        return out.reshape(layers, n, heads, dim).permute(0, 2, 1, 3).contiguous()
+
+    def charge_forward(self, elapsed: float) -> None:
+        """Charge every row one more forward of its own prompt (e.g. a calibration pass)."""
+        shape = self.session.shape(self.role)
+        for charge, n in zip(self.charges, self.mask.sum(1).tolist()):
+            charge.merge(Compute(wall_s=elapsed / self.rows))
+            charge.add_prefill(self.role, shape, n)
 
     def compile(self, specs) -> "Program":
         for role in {r for spec in specs for r in spec.roles()} - set(self.session.models):
@@ -67,20 +137,25 @@ class Program:
     def message(self, site) -> list[torch.Tensor]:
         """Per row, the (n_pos, d) state of another model at ``site``, read from that role's prompts
         (one per row, or one shared by all rows); charged to the rows; control applied."""
-        if site.model not in self.prompts:
-            raise MissingRoleError(f"the spec reads from model role {site.model!r}, but prompts were given "
-                                   f"for {sorted(self.prompts)} only")
-        prompts = list(self.prompts[site.model])
-        if len(prompts) == 1 and self.rows > 1:  # one source prompt is shared by every row
-            prompts = prompts * self.rows
-        if len(prompts) != self.rows:
-            raise InterventionError(
-                f"role {site.model!r} has {len(prompts)} prompts but role {self.role!r} has {self.rows}: give one "
-                f"source prompt per {self.role!r} prompt, or a single one that every row shares")
+        prompts = self.source_prompts(site.model)
         states, costs = self.session.states(site, prompts)
         for charge, cost in zip(self.charges, costs):
             charge.merge(cost)
         return [apply_control(self.control, s, key) for s, key in zip(states, prompts)]
+
+    def source_prompts(self, role: str) -> list[str]:
+        """``role``'s prompts, one per row of this program (a single one is shared by every row)."""
+        if role not in self.prompts:
+            raise MissingRoleError(f"the spec reads from model role {role!r}, but prompts were given "
+                                   f"for {sorted(self.prompts)} only")
+        prompts = list(self.prompts[role])
+        if len(prompts) == 1 and self.rows > 1:  # one source prompt is shared by every row
+            prompts = prompts * self.rows
+        if len(prompts) != self.rows:
+            raise InterventionError(
+                f"role {role!r} has {len(prompts)} prompts but role {self.role!r} has {self.rows}: give one "
+                f"source prompt per {self.role!r} prompt, or a single one that every row shares")
+        return prompts
 
     def given_message(self, name: str) -> list[torch.Tensor]:
         """Per row, the (n, d) vectors handed over as ``prompts[name]`` (one per row, or one shared),

@@ -8,11 +8,15 @@ already charged, sources included. ``iv.run`` and every harness protocol go thro
 ``prompts`` is a list of prompts for the acting role, or a dict mapping roles to prompt lists
 when interventions read other models (a splice's source role reads its own prompts); a dict may
 also carry per-row vectors under a name that a ``SoftTokens(message=name)`` reads.
+
+With a ``KVTransfer`` the acting role runs after the sender's cache: every request passes the
+program's ``inputs`` (cache, combined mask, positions after the sender's) inside its ``running()``.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -21,7 +25,7 @@ import torch
 from .alignment import MAPS
 from .backends import DEFAULT_BACKEND, get_backend
 from .compute import Compute, ModelShape
-from .errors import MissingRoleError
+from .errors import InterventionError, MissingRoleError
 from .models.loaded import LoadedModel
 from .program import Program
 from .sites import Edit, ResolvedSite, decode_positions, padded_positions, resolve_positions
@@ -105,6 +109,9 @@ def tokens_until_eos(row: torch.Tensor, eos: int | None) -> int:
     return int(hits[0]) + 1 if len(hits) else len(row)
 
 
+KV_CACHE_BYTES = 1 << 30   # sender caches kept per session (least recently used dropped first)
+
+
 class Session:
     def __init__(self, models: dict[str, LoadedModel] | LoadedModel, backend=DEFAULT_BACKEND):
         if isinstance(models, LoadedModel):
@@ -114,6 +121,7 @@ class Session:
         self.total = Compute()            # everything this session has charged
         self.memo: dict = {}              # for protocols' own reusable work (e.g. sender completions)
         self._states: dict = {}
+        self._kv: OrderedDict = OrderedDict()
         self._maps: dict = {}
         self._shapes: dict = {}
 
@@ -162,6 +170,41 @@ class Session:
             costs.append(cost)
         return [self._states[k][0] for k in keys], costs
 
+    @torch.inference_mode()
+    def kv_cache(self, role: str, prompts: list[str]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[Compute]]:
+        """``role``'s key/value cache of each prompt: (keys, values), each (layers, kv_heads, n, head_dim),
+        at positions 0..n-1; computed once per prompt and kept (up to ``KV_CACHE_BYTES``). Every row is
+        charged the sender's forward, cached or not."""
+        model = self.model(role)
+        keys = [(role, model.weight_sha256, p) for p in prompts]
+        missing = list(dict.fromkeys(k for k in keys if k not in self._kv))
+        first_use: dict = {}
+        if missing:
+            start = time.perf_counter()
+            batch = model.encode([k[2] for k in missing])
+            mask = batch["attention_mask"]
+            out = model.hf(**batch, position_ids=padded_positions(mask), use_cache=True, logits_to_keep=1)
+            layers = out.past_key_values.layers
+            total, lengths = mask.shape[1], mask.sum(1).tolist()
+            for i, key in enumerate(missing):  # only the real (unpadded) positions
+                k = torch.stack([layer.keys[i, :, total - lengths[i]:] for layer in layers])
+                v = torch.stack([layer.values[i, :, total - lengths[i]:] for layer in layers])
+                self._kv[key] = (k, v, lengths[i])
+            share = (time.perf_counter() - start) / len(missing)
+            first_use = {key: share for key in missing}
+        found = [self._kv[k] for k in keys]
+        for key in keys:
+            self._kv.move_to_end(key)
+        while len(self._kv) > 1 and sum(2 * k.numel() * k.element_size() for k, _, _ in self._kv.values()) \
+                > KV_CACHE_BYTES:
+            self._kv.popitem(last=False)
+        costs = []
+        for key, (_, _, n) in zip(keys, found):
+            cost = Compute(wall_s=first_use.pop(key, 0.0))
+            cost.add_prefill(role, self.shape(role), n, include_unembed=False)
+            costs.append(cost)
+        return [(k, v) for k, v, _ in found], costs
+
     def alignment(self, align, source: LoadedModel, source_layer, target: LoadedModel, target_layer):
         """The map ``align`` names, from source block to target block (or "embed"); fitted once."""
         k = source.resolve_layer(source_layer)
@@ -188,8 +231,9 @@ class Session:
         """One forward pass; with ``stop_early`` it ends after the last capture (no logits)."""
         program = self.program(role, prompts, interventions, control)
         start = time.perf_counter()
-        out = self.backend.forward(program.model, program.batch, captures=[r for _, r in program.captures],
-                                   edits=program.edits, stop_after_captures=stop_early)
+        with program.running():
+            out = self.backend.forward(program.model, program.inputs(), captures=[r for _, r in program.captures],
+                                       edits=program.edits, stop_after_captures=stop_early)
         elapsed = time.perf_counter() - start
         upto = max((r.block for _, r in program.captures), default=None) if out.logits is None else None
         lengths = program.mask.sum(1).tolist()
@@ -208,6 +252,11 @@ class Session:
                  seed: int | None = None, **sampling) -> Generation:
         """Batched ``generate`` with the KV cache; greedy unless ``do_sample=True`` (seeded by ``seed``)."""
         program = self.program(role, prompts, interventions, control)
+        if program.prefix is not None:  # transformers' generate cannot start from a foreign cache: decode
+            if sampling.get("do_sample") or set(sampling) - {"do_sample"}:
+                raise InterventionError(f"generate with a kv_transfer decodes greedily; for sampling use "
+                                        f"Session.decode with a Sampler policy (got {sorted(sampling)})")
+            return self._decode(program, max_new_tokens, greedy, False, False)
         model = program.model
         start = time.perf_counter()
         if seed is not None:
@@ -252,9 +301,9 @@ class Session:
         mask = program.mask
         # pass 1: the contexts, with the interventions; keep the cache and the last logits.
         # padding-aware positions (as generate uses), passed explicitly so every backend agrees
-        positions = padded_positions(mask)
-        first = self.backend.forward(model, {**program.batch, "position_ids": positions, "use_cache": True,
-                                             "logits_to_keep": 1}, edits=program.edits)
+        with program.running():
+            first = self.backend.forward(model, program.inputs(position_ids=program.positions(), use_cache=True,
+                                                               logits_to_keep=1), edits=program.edits)
         first_lp = torch.log_softmax(first.logits[:, -1].float(), dim=-1)
         # pass 2: every choice continues its context's cache (right-padded; pads come after)
         cont_ids = [[tok(" " + o, add_special_tokens=False)["input_ids"] for o in opts] for opts in choices]
@@ -268,9 +317,10 @@ class Session:
         owner = torch.tensor([i for i, _ in rows])
         cache = first.cache
         cache.reorder_cache(owner)
-        cont_positions = mask.sum(1)[owner, None] + torch.arange(width)
-        second = model.hf(input_ids=cont, attention_mask=torch.cat([mask[owner], cont_mask], 1),
-                          position_ids=cont_positions, past_key_values=cache, use_cache=True)
+        cont_positions = (program.offsets + mask.sum(1))[owner, None] + torch.arange(width)
+        with program.running(rows=owner):
+            second = model.hf(input_ids=cont, attention_mask=torch.cat([program.full_mask[owner], cont_mask], 1),
+                              position_ids=cont_positions, past_key_values=cache, use_cache=True)
         later_lp = torch.log_softmax(second.logits[:, :-1].float(), dim=-1)
         out: list[list[float]] = [[] for _ in cont_ids]
         for r, (i, c) in enumerate(rows):
@@ -292,15 +342,23 @@ class Session:
         ids (rows,) or input embeddings (rows, d) to feed. Records every step's next-token entropy
         (and logits, hidden states when asked). Greedy decoding gives ``generate``'s tokens."""
         program = self.program(role, prompts, interventions, control)
+        return self._decode(program, max_new_tokens, policy, keep_logits, needs_hidden)
+
+    def _decode(self, program: Program, max_new_tokens: int, policy: Policy, keep_logits: bool,
+                needs_hidden: bool) -> Decoded:
+        with torch.inference_mode(), program.running():
+            return self._decode_steps(program, max_new_tokens, policy, keep_logits, needs_hidden)
+
+    def _decode_steps(self, program, max_new_tokens, policy, keep_logits, needs_hidden) -> Decoded:
         model, tok = program.model, program.model.tokenizer
         start = time.perf_counter()
         rows = program.rows
         eos = tok.eos_token_id
         pad = model.pad_token_id
-        mask = program.mask
-        position = padded_positions(mask)
-        out = self.backend.forward(model, {**program.batch, "position_ids": position, "use_cache": True,
-                                           "logits_to_keep": 1, "output_hidden_states": needs_hidden},
+        mask = program.full_mask      # the sender's prefix (if any) and the prompt; grows by one per step
+        position = program.positions()
+        out = self.backend.forward(model, program.inputs(position_ids=position, use_cache=True, logits_to_keep=1,
+                                                         output_hidden_states=needs_hidden),
                                    edits=program.edits)
         # after the prompt, edits that apply at every step act on the one new position
         step_edits = [Edit(ResolvedSite(e.site.block, e.site.stream, decode_positions(rows)), e.fn)
