@@ -61,6 +61,10 @@ def _cmd_bench(args) -> None:
         print(f"warm load {res['warm_load_s']:.2f} s")
         if "cold_load_s" in res:
             print(f"cold load {res['cold_load_s']:.2f} s (GGUF dequantize + cache write)")
+    elif args.what == "cipher":
+        from .harness.bench import bench_cipher
+
+        bench_cipher(args.model, batch_size=args.batch_size, steps=args.steps, repeats=args.repeats)
     else:
         from .harness.bench import bench_harness
 
@@ -173,13 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_demo)
 
     p = sub.add_parser("bench", help="benchmarks that print measured ratios")
-    p.add_argument("what", choices=["overhead", "harness"])
+    p.add_argument("what", choices=["overhead", "harness", "cipher"])
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--no-cold", action="store_true", help="skip the cold (GGUF) load timing")
     p.add_argument("--items", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=32, help="cipher: decoding steps timed")
     p.set_defaults(fn=_cmd_bench)
 
     p = sub.add_parser("run", help="run an experiment from the catalog (name or YAML path); resumes")

@@ -55,3 +55,47 @@ def bench_harness(args) -> dict:
     print(f"{len(items)} items, batch size {size}, {max_new} new tokens: plain HF generate {plain_s:.2f} s, "
           f"harness {harness_s:.2f} s, item-by-item {one_by_one_s:.2f} s")
     return {"ratio": ratio, "speedup": one_by_one_s / harness_s}
+
+
+def bench_cipher(model_name: str = "smollm2-135m", batch_size: int = 8, steps: int = 32, repeats: int = 5,
+                 temperature: float = 1.0) -> dict:
+    """CIPHER decoding (full-vocabulary mixture every step, nearest tokens of the turn) against plain
+    greedy ``hf.generate`` of the same length on the same prompts and batch; interleaved medians.
+    Greedy ``Session.decode`` is timed too, to show how much of the gap is the decoding loop itself."""
+    from ..bench import PROMPT_WORDS, _interleaved_medians
+    from .protocols.cipher import EmbeddingMixture
+
+    model = load_model(model_name)
+    words = PROMPT_WORDS.split()
+    prompts = [" ".join(words[i:i + 12 + i]) for i in range(batch_size)]  # different lengths: a padded batch
+    batch = model.encode(prompts)
+    session = Session(model, "torch")
+    lengths = {}
+
+    def plain_generate():
+        out = model.hf.generate(**batch, min_new_tokens=steps, max_new_tokens=steps, do_sample=False,
+                                pad_token_id=model.pad_token_id)
+        lengths["generate"] = out.shape[1] - batch["input_ids"].shape[1]
+
+    def cipher():  # the turn as the protocol runs it: decoding, then its messages read by nearest token
+        policy = EmbeddingMixture(model, temperature)
+        ids = session.decode("B", prompts, (), steps, policy).ids
+        policy.messages(ids)
+        lengths["cipher"] = ids.shape[1]
+
+    def greedy_decode():
+        lengths["decode"] = session.decode("B", prompts, (), steps).ids.shape[1]
+
+    torch.set_grad_enabled(False)
+    medians = _interleaved_medians({"generate": plain_generate, "cipher": cipher, "decode": greedy_decode},
+                                   repeats, warmup=1)
+    # seconds per step, in case a batch ended early (every row at end-of-sequence)
+    per_step = {name: medians[name] / lengths[name] for name in medians}
+    ratio = per_step["cipher"] / per_step["generate"]
+    print(f"cipher generation ratio {ratio:.2f} (CIPHER decoding / plain greedy generate, per step; target <= 1.3)")
+    print(f"greedy Session.decode / generate {per_step['decode'] / per_step['generate']:.2f}; "
+          f"cipher / greedy Session.decode {per_step['cipher'] / per_step['decode']:.2f} (the mixture's own cost)")
+    print(f"{model_name}, batch {batch_size}, {steps} steps, T={temperature}, median of {repeats}: generate "
+          f"{medians['generate']:.2f} s, cipher {medians['cipher']:.2f} s ({lengths['cipher']} steps), "
+          f"greedy decode {medians['decode']:.2f} s ({lengths['decode']} steps)")
+    return {"ratio": ratio, "decode_ratio": per_step["decode"] / per_step["generate"], **medians}
