@@ -178,7 +178,7 @@ def _eos_everywhere(model, rows=None):
     return model.hf.lm_head.register_forward_hook(hook)
 
 
-def test_thinking_goes_on_past_end_of_sequence_readings_and_charges_every_step(llama):
+def test_thinking_goes_on_past_end_of_sequence_readings_and_is_charged_every_step(llama):
     hf = copy.deepcopy(llama.hf)
     weight, norm = numpy_map(hf.lm_head.weight.detach(), embedding_table(hf))
     mapping = hidden_to_embedding(llama)
@@ -190,8 +190,8 @@ def test_thinking_goes_on_past_end_of_sequence_readings_and_charges_every_step(l
     for r, prompt in enumerate(PROMPTS):
         fed, _ = reference_thoughts(hf, llama.tokenizer(prompt)["input_ids"], 3, weight, norm)
         assert (thoughts.fed[r] - fed).abs().max().item() <= TOL
-    # three reads: the prompt, then prompt + 1 and prompt + 2 thoughts, each thinking one step
-    assert thoughts.compute[1].tokens == {"B": (2 + 1) + (3 + 1) + (4 + 1)}
+    # three reads (the prompt, then with 1 and 2 thoughts), charged as the one decode they stand for
+    assert thoughts.compute[1].tokens == {"B": 2 + 3}
 
     handle = _eos_everywhere(llama, rows=0)  # only row 0 reads end-of-sequence: one decode, row 0 still charged
     try:

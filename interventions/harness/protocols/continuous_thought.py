@@ -52,30 +52,18 @@ class Thoughts:
     compute: list[Compute]
 
 
-def _charge_every_step(session: Session, role: str, out, costs: list[Compute]) -> None:
-    """``decode`` charges a row up to its first end-of-sequence reading; a thought is computed at
-    every step, so charge the steps after it too."""
-    steps, shape = out.ids.shape[1], session.shape(role)
-    for cost, prompt, new in zip(costs, out.prompt_tokens, out.new_tokens):
-        if new < steps:
-            full, charged = Compute(), Compute()
-            full.add_generation(role, shape, prompt, steps)
-            charged.add_generation(role, shape, prompt, new)
-            extra = Compute(tokens={role: steps - new}, flops=full.flops - charged.flops)
-            cost.merge(extra)
-            session.total.merge(extra)
-
-
 def think(session: Session, role: str, prompts: list[str], m: int, mapping, before: str = "") -> Thoughts:
     """``role`` reads each prompt (then the marker text ``before``) and thinks ``m`` latent steps: each
     step's last hidden state, through ``mapping``, is fed as the next input embedding. ``decode``
     stops once every row's reading is end-of-sequence; thinking then goes on from a fresh read of
-    the prompts and the thoughts so far (as soft tokens), so every row gets m thoughts."""
+    the prompts and the thoughts so far (as soft tokens), so every row gets m thoughts. Each row is
+    charged one uninterrupted m-step decode (the method's cost; a restart shows in wall time only)."""
     width = session.model(role).d_model
     fed = [torch.zeros(0, width) for _ in prompts]
     hidden = [torch.zeros(0, width) for _ in prompts]
     readings = ["" for _ in prompts]
-    compute = [Compute() for _ in prompts]
+    wall = [0.0 for _ in prompts]
+    prompt_tokens = None
     while fed[0].shape[0] < m:
         steps: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -88,12 +76,15 @@ def think(session: Session, role: str, prompts: list[str], m: int, mapping, befo
         specs = [SoftTokens(model=role, message=THOUGHT, markers=(before, ""))] if reads_thoughts else []
         out = session.decode(role, {role: prompts, THOUGHT: fed}, specs, m - fed[0].shape[0], policy,
                              needs_hidden=True)
-        _charge_every_step(session, role, out, out.compute)
+        prompt_tokens = prompt_tokens or out.prompt_tokens   # the first read: prompt and marker
         for r in range(len(prompts)):
             fed[r] = torch.cat([fed[r], *(v[r:r + 1] for _, v in steps)])
             hidden[r] = torch.cat([hidden[r], *(h[r:r + 1] for h, _ in steps)])
             readings[r] += out.texts[r]
-            compute[r].merge(out.compute[r])
+            wall[r] += out.compute[r].wall_s
+    compute = [Compute(wall_s=w) for w in wall]
+    for cost, n in zip(compute, prompt_tokens or [0] * len(prompts)):
+        cost.add_generation(role, session.shape(role), n, m)
     return Thoughts(fed, hidden, readings, compute)
 
 
