@@ -105,6 +105,8 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def tokens_until_eos(row: torch.Tensor, eos: int | None) -> int:
+    if eos is None:
+        return len(row)
     hits = (row == eos).nonzero()
     return int(hits[0]) + 1 if len(hits) else len(row)
 
@@ -256,7 +258,7 @@ class Session:
             if sampling.get("do_sample") or set(sampling) - {"do_sample"}:
                 raise InterventionError(f"generate with a kv_transfer decodes greedily; for sampling use "
                                         f"Session.decode with a Sampler policy (got {sorted(sampling)})")
-            return self._decode(program, max_new_tokens, greedy, False, False)
+            return self._decode(program, max_new_tokens, greedy, False, False, True)
         model = program.model
         start = time.perf_counter()
         if seed is not None:
@@ -265,10 +267,12 @@ class Session:
         elapsed = time.perf_counter() - start
         return self._generation(Generation, program, ids, elapsed)
 
-    def _generation(self, cls, program: Program, ids: torch.Tensor, elapsed: float, **extra):
+    def _generation(self, cls, program: Program, ids: torch.Tensor, elapsed: float, stop_at_eos: bool = True,
+                    **extra):
         model, role = program.model, program.role
         prompt_tokens = program.mask.sum(1).tolist()
-        new = [tokens_until_eos(row, model.tokenizer.eos_token_id) for row in ids]
+        eos = model.tokenizer.eos_token_id if stop_at_eos else None
+        new = [tokens_until_eos(row, eos) for row in ids]
         compute = self._charged(program, elapsed, lambda row, c: c.add_generation(
             role, self.shape(role), prompt_tokens[row], new[row]))
         texts = model.tokenizer.batch_decode(ids, skip_special_tokens=True)
@@ -337,19 +341,22 @@ class Session:
 
     @torch.inference_mode()
     def decode(self, role: str, prompts, interventions=(), max_new_tokens: int = 16, policy: Policy = greedy,
-               control: str = "none", keep_logits: bool = False, needs_hidden: bool = False) -> Decoded:
+               control: str = "none", keep_logits: bool = False, needs_hidden: bool = False,
+               stop_at_eos: bool = True) -> Decoded:
         """Step-wise decoding with the KV cache. At each step ``policy(Step)`` returns the next token
         ids (rows,) or input embeddings (rows, d) to feed. Records every step's next-token entropy
-        (and logits, hidden states when asked). Greedy decoding gives ``generate``'s tokens."""
+        (and logits, hidden states when asked). Greedy decoding gives ``generate``'s tokens. Without
+        ``stop_at_eos`` every row runs all ``max_new_tokens`` steps (latent thinking, where an
+        end-of-sequence reading means nothing) and is charged all of them."""
         program = self.program(role, prompts, interventions, control)
-        return self._decode(program, max_new_tokens, policy, keep_logits, needs_hidden)
+        return self._decode(program, max_new_tokens, policy, keep_logits, needs_hidden, stop_at_eos)
 
     def _decode(self, program: Program, max_new_tokens: int, policy: Policy, keep_logits: bool,
-                needs_hidden: bool) -> Decoded:
+                needs_hidden: bool, stop_at_eos: bool) -> Decoded:
         with torch.inference_mode(), program.running():
-            return self._decode_steps(program, max_new_tokens, policy, keep_logits, needs_hidden)
+            return self._decode_steps(program, max_new_tokens, policy, keep_logits, needs_hidden, stop_at_eos)
 
-    def _decode_steps(self, program, max_new_tokens, policy, keep_logits, needs_hidden) -> Decoded:
+    def _decode_steps(self, program, max_new_tokens, policy, keep_logits, needs_hidden, stop_at_eos) -> Decoded:
         model, tok = program.model, program.model.tokenizer
         start = time.perf_counter()
         rows = program.rows
@@ -373,14 +380,15 @@ class Session:
             as_embeds = chosen.is_floating_point()
             # an embedding step is recorded as the token the logits favour (its text reading, and EOS)
             token = logits.argmax(-1) if as_embeds else chosen.long()
-            token = torch.where(finished, torch.full_like(token, pad), token)
+            if stop_at_eos:
+                token = torch.where(finished, torch.full_like(token, pad), token)
             ids.append(token)
             entropies.append(entropy(logits))
             if keep_logits:
                 logits_kept.append(logits)
             if needs_hidden:
                 hidden_kept.append(hidden)
-            finished |= token == eos
+            finished |= (token == eos) & stop_at_eos
             if bool(finished.all()) or index == max_new_tokens - 1:
                 break
             mask = torch.cat([mask, torch.ones(rows, 1, dtype=mask.dtype)], 1)
@@ -393,5 +401,5 @@ class Session:
         elapsed = time.perf_counter() - start
         stack = lambda xs: torch.stack(xs, 1) if xs else None  # noqa: E731
         ids = stack(ids) if ids else torch.zeros(rows, 0, dtype=torch.long)
-        return self._generation(Decoded, program, ids, elapsed, entropy=stack(entropies),
+        return self._generation(Decoded, program, ids, elapsed, stop_at_eos, entropy=stack(entropies),
                                 logits=stack(logits_kept), hidden=stack(hidden_kept), cache=out.cache)

@@ -182,7 +182,7 @@ def test_thinking_goes_on_past_end_of_sequence_readings_and_is_charged_every_ste
     hf = copy.deepcopy(llama.hf)
     weight, norm = numpy_map(hf.lm_head.weight.detach(), embedding_table(hf))
     mapping = hidden_to_embedding(llama)
-    handle = _eos_everywhere(llama)          # decode stops after every step: thinking must restart
+    handle = _eos_everywhere(llama)          # every step reads end-of-sequence: thinking goes on
     try:
         thoughts = think(iv.Session(llama, "torch"), "B", PROMPTS, 3, mapping)
     finally:
@@ -190,10 +190,10 @@ def test_thinking_goes_on_past_end_of_sequence_readings_and_is_charged_every_ste
     for r, prompt in enumerate(PROMPTS):
         fed, _ = reference_thoughts(hf, llama.tokenizer(prompt)["input_ids"], 3, weight, norm)
         assert (thoughts.fed[r] - fed).abs().max().item() <= TOL
-    # three reads (the prompt, then with 1 and 2 thoughts), charged as the one decode they stand for
+    # the prompt's 2 tokens and 3 thought steps, every step charged
     assert thoughts.compute[1].tokens == {"B": 2 + 3}
 
-    handle = _eos_everywhere(llama, rows=0)  # only row 0 reads end-of-sequence: one decode, row 0 still charged
+    handle = _eos_everywhere(llama, rows=0)  # only row 0 reads end-of-sequence: it is still charged every step
     try:
         thoughts = think(iv.Session(llama, "torch"), "B", PROMPTS, 3, mapping)
     finally:

@@ -14,7 +14,7 @@ corpus) and maps once per fingerprint, so any (k, j) map is cheap afterwards. On
 family; ``fitted`` holds the shared pipeline and ``layers`` what a fit reads.
 """
 
-from . import cca, linear, procrustes, relative  # noqa: F401  (each registers its kind)
+from . import cca, hidden_to_embedding, linear, procrustes, relative  # noqa: F401  (each registers its kind)
 from .cca import CCAMap
 from .errors import DegenerateFitError, UnknownMapError
 from .fitted import AffineMap, FittedKind, FittedMap, fit_on_corpus, heldout_fit, register_fitted_map

@@ -54,38 +54,23 @@ class Thoughts:
 
 def think(session: Session, role: str, prompts: list[str], m: int, mapping, before: str = "") -> Thoughts:
     """``role`` reads each prompt (then the marker text ``before``) and thinks ``m`` latent steps: each
-    step's last hidden state, through ``mapping``, is fed as the next input embedding. ``decode``
-    stops once every row's reading is end-of-sequence; thinking then goes on from a fresh read of
-    the prompts and the thoughts so far (as soft tokens), so every row gets m thoughts. Each row is
-    charged one uninterrupted m-step decode (the method's cost; a restart shows in wall time only)."""
+    step's last hidden state, through ``mapping``, is fed as the next input embedding. Every row
+    thinks all m steps (an end-of-sequence reading does not stop a thought) and is charged them."""
+    steps: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def policy(step):
+        vectors = mapping(step.hidden).float()
+        steps.append((step.hidden.float(), vectors))
+        return vectors
+
     width = session.model(role).d_model
-    fed = [torch.zeros(0, width) for _ in prompts]
-    hidden = [torch.zeros(0, width) for _ in prompts]
-    readings = ["" for _ in prompts]
-    wall = [0.0 for _ in prompts]
-    prompt_tokens = None
-    while fed[0].shape[0] < m:
-        steps: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-        def policy(step):
-            vectors = mapping(step.hidden).float()
-            steps.append((step.hidden.float(), vectors))
-            return vectors
-
-        reads_thoughts = bool(before) or fed[0].shape[0] > 0
-        specs = [SoftTokens(model=role, message=THOUGHT, markers=(before, ""))] if reads_thoughts else []
-        out = session.decode(role, {role: prompts, THOUGHT: fed}, specs, m - fed[0].shape[0], policy,
-                             needs_hidden=True)
-        prompt_tokens = prompt_tokens or out.prompt_tokens   # the first read: prompt and marker
-        for r in range(len(prompts)):
-            fed[r] = torch.cat([fed[r], *(v[r:r + 1] for _, v in steps)])
-            hidden[r] = torch.cat([hidden[r], *(h[r:r + 1] for h, _ in steps)])
-            readings[r] += out.texts[r]
-            wall[r] += out.compute[r].wall_s
-    compute = [Compute(wall_s=w) for w in wall]
-    for cost, n in zip(compute, prompt_tokens or [0] * len(prompts)):
-        cost.add_generation(role, session.shape(role), n, m)
-    return Thoughts(fed, hidden, readings, compute)
+    specs = [SoftTokens(model=role, message=THOUGHT, markers=(before, ""))] if before else []
+    empty = [torch.zeros(0, width) for _ in prompts]
+    out = session.decode(role, {role: prompts, THOUGHT: empty}, specs, m, policy, needs_hidden=True,
+                         stop_at_eos=False)
+    stacked = lambda part: [torch.stack([s[part][r] for s in steps]) if steps else torch.zeros(0, width)  # noqa: E731
+                            for r in range(len(prompts))]
+    return Thoughts(stacked(1), stacked(0), out.texts, out.compute)
 
 
 def pause_vectors(model, text: str, m: int) -> torch.Tensor:
