@@ -145,30 +145,26 @@ class Program:
 
     def source_prompts(self, role: str) -> list[str]:
         """``role``'s prompts, one per row of this program (a single one is shared by every row)."""
-        if role not in self.prompts:
-            raise MissingRoleError(f"the spec reads from model role {role!r}, but prompts were given "
-                                   f"for {sorted(self.prompts)} only")
-        prompts = list(self.prompts[role])
-        if len(prompts) == 1 and self.rows > 1:  # one source prompt is shared by every row
-            prompts = prompts * self.rows
-        if len(prompts) != self.rows:
-            raise InterventionError(
-                f"role {role!r} has {len(prompts)} prompts but role {self.role!r} has {self.rows}: give one "
-                f"source prompt per {self.role!r} prompt, or a single one that every row shares")
-        return prompts
+        return self.per_row(role, "prompts", f"the spec reads from model role {role!r}, but prompts were given "
+                                             f"for {sorted(self.prompts)} only")
 
-    def given_message(self, name: str) -> list[torch.Tensor]:
-        """Per row, the (n, d) vectors handed over as ``prompts[name]`` (one per row, or one shared),
-        in this model's input-embedding width; control applied, seeded by the row's prompt."""
+    def per_row(self, name: str, what: str, missing: str) -> list:
+        """``prompts[name]`` with one entry per row: a single entry is shared by every row."""
         if name not in self.prompts:
-            raise MissingRoleError(f"soft_tokens.message={name!r}: pass the vectors beside the prompts, as "
-                                   f"prompts[{name!r}] (one (n, d) tensor per row); got {sorted(self.prompts)}")
+            raise MissingRoleError(missing)
         given = list(self.prompts[name])
         if len(given) == 1 and self.rows > 1:
             given = given * self.rows
         if len(given) != self.rows:
-            raise InterventionError(f"prompts[{name!r}] has {len(given)} tensors for {self.rows} rows of role "
-                                    f"{self.role!r}: give one per row, or one that every row shares")
+            raise InterventionError(f"{name!r} has {len(given)} {what} for {self.rows} rows of role {self.role!r}: "
+                                    f"give one per {self.role!r} prompt, or a single one that every row shares")
+        return given
+
+    def given_message(self, name: str) -> list[torch.Tensor]:
+        """Per row, the (n, d) vectors handed over as ``prompts[name]`` (one per row, or one shared),
+        in this model's input-embedding width; control applied, seeded by the row's prompt."""
+        given = self.per_row(name, "tensors", f"soft_tokens.message={name!r}: pass the vectors beside the prompts, "
+                                              f"as prompts[{name!r}] (one (n, d) tensor per row); got {sorted(self.prompts)}")
         return [apply_control(self.control, self.check_width(torch.as_tensor(v), f"prompts[{name!r}]",
                                                              embedding=True), prompt)
                 for v, prompt in zip(given, self.prompts[self.role])]

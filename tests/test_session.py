@@ -29,7 +29,7 @@ def test_missing_role_in_prompts_is_named(model):
 
 def test_source_batch_must_match_or_be_one(model):
     splice = iv.Splice(source=iv.Site("A", 1), target=iv.Site("B", 1), combine="sum")
-    with pytest.raises(iv.InterventionError, match="role 'A' has 2 prompts but role 'B' has 3"):
+    with pytest.raises(iv.InterventionError, match="'A' has 2 prompts for 3 rows of role 'B'"):
         iv.run(splice, model, {"A": ["w3", "w4"], "B": ["w5", "w6", "w7"]}, backend="torch")
     shared = iv.run(splice, model, {"A": ["w3 w4"], "B": ["w5", "w6", "w7"]}, backend="torch")
     each = iv.run(splice, model, {"A": ["w3 w4"] * 3, "B": ["w5", "w6", "w7"]}, backend="torch")
