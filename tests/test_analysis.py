@@ -45,3 +45,13 @@ def test_manifold_correlation_finds_a_planted_negative_relation():
     rows = [_row(p, i, float(d < 50), distance=d) for p in ("a", "b") for i, d in enumerate(range(0, 100, 5))]
     by = {c["diagnostic"]: c for c in manifold_correlations(rows)}
     assert by["mahalanobis_percentile"]["rho"] < -0.8 and by["mahalanobis_percentile"]["n_items"] == 20
+
+
+def test_manifold_correlation_with_a_constant_column_says_which_instead_of_nan():
+    from interventions.harness.analysis import manifold_md
+
+    rows = [_row("a", i, float(i % 2), distance=100) for i in range(12)]
+    by = {c["diagnostic"]: c for c in manifold_correlations(rows)}
+    assert by["mahalanobis_percentile"]["undefined"] == "every row's mahalanobis_percentile is 100"
+    table = "\n".join(manifold_md(list(by.values())))
+    assert "nan" not in table and "every row's mahalanobis_percentile is 100" in table

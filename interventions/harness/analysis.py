@@ -93,8 +93,11 @@ def manifold_correlations(rows: list[dict], seed: int = 0) -> list[dict]:
             if len(pts) < 10:
                 continue
             x, y, items = zip(*pts)
-            out.append({"task": task, "model_pair": pair, "diagnostic": name,
-                        **spearman_interval(x, y, items, seed=seed)})
+            entry = {"task": task, "model_pair": pair, "diagnostic": name, **spearman_interval(x, y, items, seed=seed)}
+            if len(set(x)) == 1 or len(set(y)) == 1:   # no ranks to correlate: say which side is constant
+                entry["undefined"] = f"every row's {name} is {x[0]:g}" if len(set(x)) == 1 else \
+                    f"every row scores {y[0]:g}"
+            out.append(entry)
     return out
 
 
@@ -123,8 +126,8 @@ def manifold_md(correlations: list[dict]) -> list[str]:
              "means rows farther off the manifold score lower.", "",
              "| task | models | diagnostic | rows | items | ρ [95% CI] |", "|---|---|---|---|---|---|"]
     for c in correlations:
-        lines.append(f"| {c['task']} | {c['model_pair']} | {c['diagnostic']} | {c['n_rows']} | {c['n_items']} | "
-                     f"{c['rho']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] |")
+        rho = f"– ({c['undefined']})" if c.get("undefined") else f"{c['rho']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]"
+        lines.append(f"| {c['task']} | {c['model_pair']} | {c['diagnostic']} | {c['n_rows']} | {c['n_items']} | {rho} |")
     return lines + [""]
 
 
