@@ -16,8 +16,8 @@ from .combine import COMBINES, Merge, register_combine
 from .controls import CONTROLS, register_control
 from .errors import (CarrierMissingError, DuplicateNameError, InterventionError, LayerOutOfRangeError,
                      MissingRoleError, PluginError, PositionOutOfRangeError, SpecFormatError, UnknownBackendError,
-                     UnknownCombineError, UnknownModelError, UnknownSiteError, WeightHashMismatchError,
-                     WidthMismatchError)
+                     UnknownCombineError, UnknownModelError, UnknownSiteError, VocabularyMismatchError,
+                     WeightHashMismatchError, WidthMismatchError)
 from .execute import Result, capture, run
 from .models import DEFAULT_MODEL, ZOO, LoadedModel, load_model, model_table, wrap_model
 from .models.families import FAMILIES, Family, register_family
@@ -43,7 +43,7 @@ __all__ = [
     "LinearMap",
     "LoadedModel", "MAPS", "Merge", "MissingRoleError", "PluginError", "PositionOutOfRangeError", "Protocol",
     "Registry", "Result", "SCHEMA_VERSION", "Session", "Site", "SoftTokens", "SpecFormatError", "SpecKind", "Splice",
-    "Steer", "Step", "UnknownBackendError", "UnknownCombineError", "UnknownModelError", "UnknownSiteError",
+    "Steer", "Step", "UnknownBackendError", "UnknownCombineError", "UnknownModelError", "UnknownSiteError", "VocabularyMismatchError",
     "WeightHashMismatchError", "WidthMismatchError", "ZOO", "capture", "fit_linear_map", "from_dict", "from_text",
     "get_backend", "greedy", "load", "load_model", "load_spec", "model_table", "protocol", "register_combine",
     "register_control", "register_family", "register_kind", "register_map", "register_protocol", "register_task",

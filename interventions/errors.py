@@ -24,6 +24,11 @@ class DuplicateNameError(InterventionError, ValueError):
     """Two different places register the same name in one registry."""
 
 
+class VocabularyMismatchError(InterventionError, ValueError):
+    """A channel that goes through the tokens (CIPHER's mixtures, LatentMAS's map) between models
+    whose vocabularies differ."""
+
+
 class PluginError(InterventionError):
     """A plugin file or module could not be loaded; the message names it and the cause."""
 

@@ -14,7 +14,8 @@ import interventions as iv
 from interventions.harness.experiment import load_experiment
 from interventions.harness.prompts import answer_prompt, question_text
 from interventions.harness.protocols import PROTOCOLS, Context
-from interventions.harness.protocols.cipher import (MARKERS, EmbeddingMixture, VocabularyMismatchError,
+from interventions.errors import VocabularyMismatchError
+from interventions.harness.protocols.cipher import (MARKERS, EmbeddingMixture,
                                                     check_shared_vocabulary)
 from interventions.harness.runner import run_experiment
 from interventions.harness.tasks import get_task

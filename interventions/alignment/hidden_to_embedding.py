@@ -24,14 +24,10 @@ from dataclasses import dataclass
 import torch
 
 from ..models.loaded import LoadedModel
-from ..errors import InterventionError, WidthMismatchError
+from ..errors import InterventionError, VocabularyMismatchError, WidthMismatchError
 from .maps import register_map
 
 RIDGE = 1e-5     # absolute, as in the LatentMAS code (W_outᵀW_out has a large diagonal)
-
-
-class VocabularyMismatchError(InterventionError, ValueError):
-    """The map goes through the tokens, so source and target must share a vocabulary."""
 
 
 class HiddenSiteError(InterventionError, ValueError):
@@ -71,10 +67,7 @@ def input_embedding_matrix(model: LoadedModel) -> torch.Tensor:
 
 
 def check_shared_vocabulary(source: LoadedModel, target: LoadedModel) -> None:
-    if source.weight_sha256 == target.weight_sha256:
-        return
-    rows = (source.hf.get_output_embeddings().weight.shape[0], target.adapter.embedding(target.hf).weight.shape[0])
-    if rows[0] != rows[1] or source.tokenizer.get_vocab() != target.tokenizer.get_vocab():
+    if not source.shares_vocabulary(target):
         raise VocabularyMismatchError(
             f"hidden_to_embedding maps through the tokens, but {source.name} and {target.name} have different "
             "vocabularies; across families use ac with a fitted map (align: linear), nl_message or nl_debate")

@@ -44,6 +44,14 @@ class LoadedModel:
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
+    def shares_vocabulary(self, other: "LoadedModel") -> bool:
+        """Same tokens with the same ids, and as many embedding rows: a distribution over one
+        model's vocabulary means the same to the other."""
+        if self.weight_sha256 == other.weight_sha256:
+            return True
+        rows = (self.adapter.embedding(self.hf).weight.shape[0], other.adapter.embedding(other.hf).weight.shape[0])
+        return rows[0] == rows[1] and self.tokenizer.get_vocab() == other.tokenizer.get_vocab()
+
     def facts(self) -> dict:
         return {"name": self.name, "family": self.family, "n_layers": self.n_layers,
                 "d_model": self.d_model, "vocab_size": self.vocab_size,

@@ -26,7 +26,7 @@ import torch
 from pydantic import Field, NonNegativeFloat, PositiveInt
 
 from ...compute import Compute
-from ...errors import InterventionError
+from ...errors import InterventionError, VocabularyMismatchError
 from ...models import LoadedModel, load_model
 from ...session import Step
 from ...spec import SoftTokens
@@ -39,10 +39,6 @@ MARKERS = ("Another agent answered:\n", "\nConsider it, then give your own answe
 TRACE_CHARS = 120
 
 _TABLES: weakref.WeakKeyDictionary[LoadedModel, tuple] = weakref.WeakKeyDictionary()
-
-
-class VocabularyMismatchError(InterventionError, ValueError):
-    pass
 
 
 def embedding_table(model: LoadedModel) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,14 +129,12 @@ class EmbeddingMixture:
 def check_shared_vocabulary(a: LoadedModel, b: LoadedModel) -> None:
     """CIPHER's vectors are mixtures over the sender's vocabulary read as the receiver's: refuse
     pairs whose tokenizers or embedding tables differ."""
-    if a is b:
-        return
-    table_a, table_b = a.adapter.embedding(a.hf).weight, b.adapter.embedding(b.hf).weight
-    if a.tokenizer.get_vocab() != b.tokenizer.get_vocab() or table_a.shape != table_b.shape:
+    width_a, width_b = a.adapter.embedding(a.hf).weight.shape[1], b.adapter.embedding(b.hf).weight.shape[1]
+    if not a.shares_vocabulary(b) or width_a != width_b:
         raise VocabularyMismatchError(
             f"cipher needs debaters that share one vocabulary and embedding width; {a.name} "
-            f"({len(a.tokenizer)} tokens, {table_a.shape[1]}-wide) and {b.name} ({len(b.tokenizer)} tokens, "
-            f"{table_b.shape[1]}-wide) differ. Across families use ac with an align map, nl_message or nl_debate.")
+            f"({len(a.tokenizer)} tokens, {width_a}-wide) and {b.name} ({len(b.tokenizer)} tokens, "
+            f"{width_b}-wide) differ. Across families use ac with an align map, nl_message or nl_debate.")
 
 
 def insertion_point(model: LoadedModel, task, item) -> int:
