@@ -151,26 +151,24 @@ class Session:
         model = self.model(site.model)
         block = model.resolve_layer(site.layer)
         keys = [(site.model, model.weight_sha256, p, block, site.stream, site.position) for p in prompts]
-        missing = list(dict.fromkeys(k for k in keys if k not in self._states))
-        first_use: dict = {}
-        if missing:
-            start = time.perf_counter()
+
+        def read(missing):
             batch = model.encode([k[2] for k in missing])
             mask = batch["attention_mask"]
             resolved = ResolvedSite(block, site.stream, resolve_positions(site.position, mask))
             acts = self.backend.forward(model, batch, captures=[resolved], stop_after_captures=True).captures[0]
             lengths = mask.sum(1).tolist()
-            for i, key in enumerate(missing):  # "all" keeps only the real (unpadded) positions
-                value = acts[i, acts.shape[1] - lengths[i]:] if site.position == "all" else acts[i]
-                self._states[key] = (value, lengths[i])
-            share = (time.perf_counter() - start) / len(missing)
-            first_use = {key: share for key in missing}
+            # "all" keeps only the real (unpadded) positions
+            return {key: (acts[i, acts.shape[1] - lengths[i]:] if site.position == "all" else acts[i], lengths[i])
+                    for i, key in enumerate(missing)}
+
+        found, walls = self._once(self._states, keys, read)
         costs = []
-        for key in keys:
-            cost = Compute(wall_s=first_use.pop(key, 0.0))
-            cost.add_prefill(site.model, self.shape(site.model), self._states[key][1], upto_layer=block)
+        for (_, n), wall in zip(found, walls):
+            cost = Compute(wall_s=wall)
+            cost.add_prefill(site.model, self.shape(site.model), n, upto_layer=block)
             costs.append(cost)
-        return [self._states[k][0] for k in keys], costs
+        return [state for state, _ in found], costs
 
     @torch.inference_mode()
     def kv_cache(self, role: str, prompts: list[str]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[Compute]]:
@@ -179,33 +177,41 @@ class Session:
         charged the sender's forward, cached or not."""
         model = self.model(role)
         keys = [(role, model.weight_sha256, p) for p in prompts]
-        missing = list(dict.fromkeys(k for k in keys if k not in self._kv))
-        first_use: dict = {}
-        if missing:
-            start = time.perf_counter()
+
+        def read(missing):
             batch = model.encode([k[2] for k in missing])
             mask = batch["attention_mask"]
             out = model.hf(**batch, position_ids=padded_positions(mask), use_cache=True, logits_to_keep=1)
             layers = out.past_key_values.layers
             total, lengths = mask.shape[1], mask.sum(1).tolist()
-            for i, key in enumerate(missing):  # only the real (unpadded) positions
-                k = torch.stack([layer.keys[i, :, total - lengths[i]:] for layer in layers])
-                v = torch.stack([layer.values[i, :, total - lengths[i]:] for layer in layers])
-                self._kv[key] = (k, v, lengths[i])
-            share = (time.perf_counter() - start) / len(missing)
-            first_use = {key: share for key in missing}
-        found = [self._kv[k] for k in keys]
+            return {key: (torch.stack([layer.keys[i, :, total - lengths[i]:] for layer in layers]),   # real positions
+                          torch.stack([layer.values[i, :, total - lengths[i]:] for layer in layers]), lengths[i])
+                    for i, key in enumerate(missing)}
+
+        found, walls = self._once(self._kv, keys, read)
         for key in keys:
             self._kv.move_to_end(key)
         while len(self._kv) > 1 and sum(2 * k.numel() * k.element_size() for k, _, _ in self._kv.values()) \
                 > KV_CACHE_BYTES:
             self._kv.popitem(last=False)
         costs = []
-        for key, (_, _, n) in zip(keys, found):
-            cost = Compute(wall_s=first_use.pop(key, 0.0))
+        for (_, _, n), wall in zip(found, walls):
+            cost = Compute(wall_s=wall)
             cost.add_prefill(role, self.shape(role), n, include_unembed=False)
             costs.append(cost)
         return [(k, v) for k, v, _ in found], costs
+
+    @staticmethod
+    def _once(store: dict, keys: list, read) -> tuple[list, list[float]]:
+        """The stored value of every key, ``read`` in one batch for those missing; and each key's share
+        of that read's wall time (charged once, to the first row that needed it)."""
+        missing = list(dict.fromkeys(k for k in keys if k not in store))
+        first_use: dict = {}
+        if missing:
+            start = time.perf_counter()
+            store.update(read(missing))
+            first_use = dict.fromkeys(missing, (time.perf_counter() - start) / len(missing))
+        return [store[k] for k in keys], [first_use.pop(k, 0.0) for k in keys]
 
     def alignment(self, align, source: LoadedModel, source_layer, target: LoadedModel, target_layer):
         """The map ``align`` names, from source block to target block (or "embed"); fitted once."""
