@@ -36,6 +36,7 @@ test-fast: install
 bench: install
 	$(BIN)/interventions bench overhead
 	$(BIN)/interventions bench harness
+	$(BIN)/interventions bench cipher
 
 clean:
 	rm -rf $(VENV) .pytest_cache

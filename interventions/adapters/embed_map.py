@@ -6,24 +6,13 @@ held-out sentences and cached by fingerprint like every fitted map (``interventi
 
 from __future__ import annotations
 
-import dataclasses
-import json
-
 import torch
 
 from .. import corpus
-from ..alignment import (
-    MAPS,
-    FittedMap,
-    Layer,
-    Split,
-    corpus_activations,
-    corpus_embeddings,
-)
-from ..models.cache import cache_root
+from ..alignment import MAPS, FittedMap, Layer, corpus_activations, corpus_embeddings
+from ..alignment.fitted import cached_fit
 from ..models.loaded import LoadedModel
 from ..spec import Align
-from ..verified import load_tensors, save_tensors
 
 
 @torch.inference_mode()
@@ -40,14 +29,6 @@ def trajectory_map(sender: LoadedModel, receiver: LoadedModel, n_sentences: int 
     texts = corpus.sentences(n_sentences, seed)
     key = (f"{sender.weight_sha256[:12]}-final-to-{receiver.weight_sha256[:12]}-E-{corpus.fingerprint(texts)}"
            f"-{kind.method(align)}")
-    path = cache_root() / "maps" / f"{key}.pt"
-    saved = load_tensors(path, "cached map")
-    if saved is not None:
-        return kind.map_class(**saved)
-    split = Split.of(len(texts), seed)
-    x = Layer(final_states(sender, texts), split, f"{sender.name} final hidden state")
-    y = Layer(corpus_embeddings(receiver, texts), split, f"{receiver.name} input embeddings")
-    fitted = dataclasses.replace(kind.fit_and_judge(x, y, align).as_float32(), fingerprint=key)
-    save_tensors(fitted.state(), path)
-    path.with_suffix(".json").write_text(json.dumps(fitted.describe(), indent=2))
-    return fitted
+    return cached_fit(kind, key, len(texts), lambda split: (
+        Layer(final_states(sender, texts), split, f"{sender.name} final hidden state"),
+        Layer(corpus_embeddings(receiver, texts), split, f"{receiver.name} input embeddings")), align)

@@ -132,14 +132,23 @@ def fit_on_corpus(kind: FittedKind, source: LoadedModel, source_layer, target: L
     texts = corpus.sentences(align.n_sentences, align.seed)
     fingerprint = (f"{source.weight_sha256[:12]}-L{k}-to-{target.weight_sha256[:12]}-{'E' if j == 'embed' else f'L{j}'}"
                    f"-{corpus.fingerprint(texts)}-{kind.method(align)}")
+
+    def layers(split):
+        x, y = paired_states(source, k, target, j, texts)
+        return (Layer(x, split, f"{source.name} block {k}"),
+                Layer(y, split, f"{target.name} {'input embeddings' if j == 'embed' else f'block {j}'}"))
+
+    return cached_fit(kind, fingerprint, len(texts), layers, align)
+
+
+def cached_fit(kind: FittedKind, fingerprint: str, n: int, layers, align) -> FittedMap:
+    """The map cached under ``fingerprint``, or fitted on ``layers(split)`` (the (x, y) Layers of
+    ``n`` sentences split by ``align.seed``), judged on the held-out part and saved with its description."""
     path = cache_root() / "maps" / f"{fingerprint}.pt"
     saved = load_tensors(path, "cached map")
     if saved is not None:
         return kind.map_class(**saved)
-    split = Split.of(len(texts), align.seed)
-    x, y = paired_states(source, k, target, j, texts)
-    x = Layer(x, split, f"{source.name} block {k}")
-    y = Layer(y, split, f"{target.name} {'input embeddings' if j == 'embed' else f'block {j}'}")
+    x, y = layers(Split.of(n, align.seed))
     fitted = dataclasses.replace(kind.fit_and_judge(x, y, align).as_float32(), fingerprint=fingerprint)
     save_tensors(fitted.state(), path)
     path.with_suffix(".json").write_text(json.dumps(fitted.describe(), indent=2))
