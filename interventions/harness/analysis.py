@@ -16,15 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .report import _groups, _paired, _slug, model_pair
+from .rows import grouped, paired, slug, model_pair
 
 DIAGNOSTICS = ("mahalanobis_percentile", "norm_ratio", "kl")
 
 
 def reference_differences(rows: list[dict], reference: list[str], n_boot: int = 10000, seed: int = 0) -> list[dict]:
     out = []
-    for (task, pair), grp in _groups(rows, lambda r: (r["task"], model_pair(r))).items():
-        by_protocol = _groups(grp, lambda r: r["protocol"])
+    for (task, pair), grp in grouped(rows, lambda r: (r["task"], model_pair(r))).items():
+        by_protocol = grouped(grp, lambda r: r["protocol"])
         candidates = {p: rs for p, rs in by_protocol.items() if p in reference}
         if not candidates:
             continue
@@ -32,7 +32,7 @@ def reference_differences(rows: list[dict], reference: list[str], n_boot: int = 
         for protocol, prows in by_protocol.items():
             if protocol == best:
                 continue
-            res = _paired(prows, candidates[best], n_boot, seed)
+            res = paired(prows, candidates[best], n_boot, seed)
             if res:
                 res["reference_acc"] = res.pop("other_acc")
                 out.append({"task": task, "model_pair": pair, "protocol": protocol, "reference": best, **res})
@@ -62,7 +62,7 @@ def spearman(x, y) -> float:
 def spearman_interval(x, y, items, n_boot: int = 2000, seed: int = 0) -> dict:
     """Spearman's rho with a 95% bootstrap interval that resamples items (with all their rows)."""
     x, y, items = np.asarray(x, float), np.asarray(y, float), np.asarray(items)
-    groups = list(_groups(range(len(items)), lambda i: items[i]).values())
+    groups = list(grouped(range(len(items)), lambda i: items[i]).values())
     rng = np.random.default_rng(seed)
     boots = []
     for _ in range(n_boot):
@@ -83,7 +83,7 @@ def manifold_correlations(rows: list[dict], seed: int = 0) -> list[dict]:
     """Per task and model pair, then over everything: rho(diagnostic, score) with intervals."""
     rows = _diagnosed(rows)
     out = []
-    scopes = list(_groups(rows, lambda r: (r["task"], model_pair(r))).items())
+    scopes = list(grouped(rows, lambda r: (r["task"], model_pair(r))).items())
     if len(scopes) > 1:
         scopes.append((("all tasks", "all pairs"), rows))
     for (task, pair), grp in scopes:
@@ -134,11 +134,11 @@ def manifold_md(correlations: list[dict]) -> list[str]:
 def plot_accuracy_vs_distance(plt, rows: list[dict], out_dir: Path) -> list[Path]:
     """Per task: one point per (protocol, model pair): accuracy against median distance percentile."""
     paths = []
-    for task, trows in _groups(_diagnosed(rows), lambda r: r["task"]).items():
+    for task, trows in grouped(_diagnosed(rows), lambda r: r["task"]).items():
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
-        for i, (pair, prows) in enumerate(_groups(trows, model_pair).items()):
+        for i, (pair, prows) in enumerate(grouped(trows, model_pair).items()):
             points = []
-            for protocol, grp in _groups(prows, lambda r: r["protocol"]).items():
+            for protocol, grp in grouped(prows, lambda r: r["protocol"]).items():
                 dist = np.median([r["extra"]["diagnostics"]["mahalanobis_percentile"] for r in grp])
                 points.append((dist, np.mean([r["score"] for r in grp]), protocol))
             xs, ys, _ = zip(*points)
@@ -148,7 +148,7 @@ def plot_accuracy_vs_distance(plt, rows: list[dict], out_dir: Path) -> list[Path
         ax.set_title(f"{task}: accuracy against distance from B's manifold")
         ax.legend(fontsize=7)
         fig.tight_layout()
-        path = Path(out_dir) / f"acc_vs_distance_{_slug(task)}.png"
+        path = Path(out_dir) / f"acc_vs_distance_{slug(task)}.png"
         fig.savefig(path, dpi=120)
         plt.close(fig)
         paths.append(path)

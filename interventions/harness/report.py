@@ -4,33 +4,16 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections import defaultdict
 from pathlib import Path
 
-from .stats import paired_bootstrap_diff, wilson_interval
+from .analysis import (manifold_correlations, manifold_md, plot_accuracy_vs_distance, reference_differences,
+                       reference_md)
+from .rows import grouped, mean_of, model_pair, paired, slug
+from .stats import wilson_interval
 
 
 # ---------------------------------------------------------------- grouping helpers
-
-def model_pair(row: dict) -> str:
-    """Readable model identity of a row, e.g. "A=llama-1b, B=llama-3b" (roles sorted)."""
-    models = row.get("models") or {}
-    return ", ".join(f"{role}={(m or {}).get('name', '?')}" for role, m in sorted(models.items()))
-
-
-def _mean(values):
-    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return sum(values) / len(values) if values else None
-
-
-def _groups(rows, key):
-    """Ordered grouping (first-seen order), so tables follow the order the rows were produced in."""
-    out: dict = {}
-    for r in rows:
-        out.setdefault(key(r), []).append(r)
-    return out
-
 
 def _common_params(rows) -> dict:
     """Params shared by every row of a group (k, j, family, chance, ...)."""
@@ -43,23 +26,23 @@ def _common_params(rows) -> dict:
 def summarize(rows: list[dict]) -> list[dict]:
     """One entry per (task, protocol, model pair): accuracy with Wilson CI and mean cost per item."""
     out = []
-    for (task, protocol, pair), grp in _groups(rows, lambda r: (r["task"], r["protocol"], model_pair(r))).items():
+    for (task, protocol, pair), grp in grouped(rows, lambda r: (r["task"], r["protocol"], model_pair(r))).items():
         n = len(grp)
         scores = [float(r["score"]) for r in grp]
         low, high = wilson_interval(sum(scores), n)
         comps = [r.get("compute") or {} for r in grp]
         roles = sorted({role for c in comps for role in (c.get("tokens") or {})})
-        tokens_by_role = {role: _mean([(c.get("tokens") or {}).get(role, 0) for c in comps]) for role in roles}
+        tokens_by_role = {role: mean_of([(c.get("tokens") or {}).get(role, 0) for c in comps]) for role in roles}
         norms = [r.get("score_norm") for r in grp if r.get("score_norm") is not None]
         out.append({
             "task": task, "protocol": protocol, "model_pair": pair,
             "models": {role: (m or {}).get("name") for role, m in (grp[0].get("models") or {}).items()},
             "n": n, "acc": sum(scores) / n, "ci_low": low, "ci_high": high,
-            "acc_norm": _mean(norms), "n_norm": len(norms),
-            "flops_per_item": _mean([c.get("flops") for c in comps]),
+            "acc_norm": mean_of(norms), "n_norm": len(norms),
+            "flops_per_item": mean_of([c.get("flops") for c in comps]),
             "tokens_per_item": sum(tokens_by_role.values()) if roles else None,
             "tokens_per_item_by_role": tokens_by_role,
-            "wall_s_per_item": _mean([c.get("wall_s") for c in comps]),
+            "wall_s_per_item": mean_of([c.get("wall_s") for c in comps]),
             "params": _common_params(grp),
         })
     return out
@@ -75,16 +58,16 @@ def paired_differences(rows: list[dict], baseline_protocol: str | dict | None, n
     averaged per item before pairing, so the bootstrap resamples items, not seeds.
     """
     out = []
-    for task, trows in _groups(rows, lambda r: r["task"]).items():
+    for task, trows in grouped(rows, lambda r: r["task"]).items():
         base_name = _baseline_for(task, trows, baseline_protocol)
         base_rows = [r for r in trows if r["protocol"] == base_name]
         if not base_rows:
             continue
-        for (protocol, pair), grp in _groups(trows, lambda r: (r["protocol"], model_pair(r))).items():
+        for (protocol, pair), grp in grouped(trows, lambda r: (r["protocol"], model_pair(r))).items():
             same_pair = [r for r in base_rows if model_pair(r) == pair]
             if protocol == base_name and same_pair:
                 continue  # the baseline against itself
-            res = _paired(grp, same_pair or base_rows, n_boot, seed)
+            res = paired(grp, same_pair or base_rows, n_boot, seed)
             if res:
                 res["baseline_acc"] = res.pop("other_acc")
                 out.append({"task": task, "protocol": protocol, "model_pair": pair, "baseline": base_name, **res})
@@ -100,7 +83,7 @@ def control_differences(rows: list[dict], n_boot: int = 10000, seed: int = 0) ->
         return json.dumps(spec, sort_keys=True), control
 
     out = []
-    for (task, pair), grp in _groups(rows, lambda r: (r["task"], model_pair(r))).items():
+    for (task, pair), grp in grouped(rows, lambda r: (r["task"], model_pair(r))).items():
         by_channel = defaultdict(dict)
         for r in grp:
             spec, control = channel(r)
@@ -110,7 +93,7 @@ def control_differences(rows: list[dict], n_boot: int = 10000, seed: int = 0) ->
             if "none" not in variants or len(variants) < 2:
                 continue
             for control, crows in variants.items():
-                res = _paired(variants["none"], crows, n_boot, seed) if control != "none" else None
+                res = paired(variants["none"], crows, n_boot, seed) if control != "none" else None
                 if res:
                     res["control_acc"] = res.pop("other_acc")
                     out.append({"task": task, "model_pair": pair, "protocol": variants["none"][0]["protocol"],
@@ -118,28 +101,10 @@ def control_differences(rows: list[dict], n_boot: int = 10000, seed: int = 0) ->
     return out
 
 
-def _paired(rows: list[dict], other_rows: list[dict], n_boot: int, seed: int) -> dict | None:
-    """Mean score of ``rows`` minus ``other_rows`` on the items both have (bootstrap CI), or None."""
-    mine, other = _per_item(rows), _per_item(other_rows)
-    shared = [i for i in mine if i in other]
-    if not shared:
-        return None
-    res = paired_bootstrap_diff([mine[i] for i in shared], [other[i] for i in shared], n_boot=n_boot, seed=seed)
-    return {"n_shared": len(shared), "acc": _mean([mine[i] for i in shared]),
-            "other_acc": _mean([other[i] for i in shared]), **res}
-
-
 def _baseline_for(task, trows, baseline_protocol):
     if isinstance(baseline_protocol, dict):
         return baseline_protocol.get(task)
     return baseline_protocol if baseline_protocol is not None else trows[0]["protocol"]
-
-
-def _per_item(rows) -> dict:
-    by_item = defaultdict(list)
-    for r in rows:
-        by_item[str(r["item_id"])].append(float(r["score"]))
-    return {i: sum(v) / len(v) for i, v in by_item.items()}
 
 
 # ---------------------------------------------------------------- markdown
@@ -150,7 +115,7 @@ def _fmt(x, spec=".3f"):
 
 def _summary_md(summary) -> list[str]:
     lines = []
-    for task, entries in _groups(summary, lambda s: s["task"]).items():
+    for task, entries in grouped(summary, lambda s: s["task"]).items():
         many_pairs = len({e["model_pair"] for e in entries}) > 1  # show models only when they differ
         lines += [f"## {task}", ""]
         head = ["protocol"] + (["models"] if many_pairs else []) + [
@@ -198,10 +163,6 @@ def _controls_md(diffs) -> list[str]:
 
 
 # ---------------------------------------------------------------- plots
-
-def _slug(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(s)).strip("_") or "x"
-
 
 def _family(row: dict) -> str:
     """params["family"] (the protocol without its swept values), else the protocol name."""
@@ -256,14 +217,14 @@ def _plot_accuracy(plt, task, entries, out_dir) -> Path:
     ns = sorted({e["n"] for e in entries})
     ax.set_title(f"{task}: accuracy by protocol (n={ns[0]})" if len(ns) == 1 else f"{task}: accuracy by protocol")
     fig.tight_layout()
-    path = out_dir / f"accuracy_{_slug(task)}.png"
+    path = out_dir / f"accuracy_{slug(task)}.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
 def _plot_acc_vs_flops(plt, summary, out_dir) -> Path | None:
-    tasks = _groups([s for s in summary if s["flops_per_item"]], lambda s: s["task"])
+    tasks = grouped([s for s in summary if s["flops_per_item"]], lambda s: s["task"])
     if not tasks:
         return None  # log-x needs positive FLOPs
     fig, axes = plt.subplots(1, len(tasks), figsize=(8.5 * len(tasks), 4.5), squeeze=False)
@@ -300,8 +261,8 @@ def _plot_sweep_heatmaps(plt, rows, out_dir) -> list[Path]:
 
     swept = [r for r in rows if _axes(r.get("params") or {})]
     paths = []
-    for (task, fam), grp in _groups(swept, lambda r: (r["task"], _family(r))).items():
-        pairs = _groups(grp, model_pair)
+    for (task, fam), grp in grouped(swept, lambda r: (r["task"], _family(r))).items():
+        pairs = grouped(grp, model_pair)
         y_axis, x_axis = _axes(grp[0]["params"])
         for pair, prow in pairs.items():  # one heatmap per model pair; suffix only when there are several
             ks = sorted({r["params"][y_axis] for r in prow}, key=_sortable)
@@ -327,8 +288,8 @@ def _plot_sweep_heatmaps(plt, rows, out_dir) -> list[Path]:
             ax.set_title(f"{task}: {fam} mean score over ({y_axis}, {x_axis})" + (f"\n{pair}" if len(pairs) > 1 else ""), fontsize=10)
             fig.colorbar(im, ax=ax, label="mean score")
             fig.tight_layout()
-            suffix = f"_{_slug(pair)}" if len(pairs) > 1 else ""
-            path = out_dir / f"{y_axis}{x_axis}_heatmap_{_slug(task)}_{_slug(fam)}{suffix}.png"
+            suffix = f"_{slug(pair)}" if len(pairs) > 1 else ""
+            path = out_dir / f"{y_axis}{x_axis}_heatmap_{slug(task)}_{slug(fam)}{suffix}.png"
             fig.savefig(path, dpi=120)
             plt.close(fig)
             paths.append(path)
@@ -360,13 +321,11 @@ def write_report(rows: list[dict], out_dir, title: str, notes_md: str = "",
     summary = summarize(rows)
     diffs = paired_differences(rows, baseline_protocol)
     controls = control_differences(rows)
-    from .analysis import (manifold_correlations, manifold_md, plot_accuracy_vs_distance, reference_differences,
-                           reference_md)
     versus_reference = reference_differences(rows, reference) if reference else []
     correlations = manifold_correlations(rows)
 
     plots = [_plot_accuracy(plt, task, entries, out_dir)
-             for task, entries in _groups(summary, lambda s: s["task"]).items()]
+             for task, entries in grouped(summary, lambda s: s["task"]).items()]
     plots.append(_plot_acc_vs_flops(plt, summary, out_dir))
     plots += _plot_sweep_heatmaps(plt, rows, out_dir)
     plots += plot_accuracy_vs_distance(plt, rows, out_dir)
