@@ -21,7 +21,7 @@ from interventions.harness.runner import run_experiment
 from interventions.harness.tasks import get_task
 from interventions.models import load_model, wrap_model
 from interventions.session import Step
-from tiny_models import VOCAB, tiny_model
+from tiny_models import VOCAB, tiny_model, tiny_tokenizer
 
 PROMPTS = ["w3 w4 w5 w6 w7", "w8 w9", "w10 w11 w12"]
 EOS = 2
@@ -191,15 +191,7 @@ def test_cipher_runs_end_to_end_on_generation_and_choice_tasks(tmp_path, tiny_di
 
 def other_vocabulary_model():
     """A tiny Llama whose tokenizer names its words differently."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    import transformers
-
-    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, **{f"v{i}": i for i in range(3, VOCAB)}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>",
-                                                     bos_token="<bos>", eos_token="<eos>")
-    return wrap_model("tiny-other-vocab", tiny_model("llama", seed=1).hf, tokenizer=tokenizer)
+    return wrap_model("tiny-other-vocab", tiny_model("llama", seed=1).hf, tokenizer=tiny_tokenizer("v"))
 
 
 def test_pairs_without_a_shared_vocabulary_are_refused_before_any_work(tmp_path, tiny_dir):

@@ -11,7 +11,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import transformers
 
 import interventions as iv
 from interventions.compute import Compute
@@ -25,7 +24,7 @@ from interventions.harness.protocols.continuous_thought import (ContinuousThough
 from interventions.harness.protocols.single import Single
 from interventions.harness.runner import run_experiment
 from interventions.harness.tasks import get_task
-from tiny_models import VOCAB, tiny_model
+from tiny_models import VOCAB, tiny_model, tiny_tokenizer
 
 PROMPTS = ["w3 w4 w5 w6 w7", "w8 w9"]     # different lengths: a left-padded batch
 TOL = 1e-4
@@ -268,12 +267,7 @@ def test_latent_mas_across_widths_maps_a_through_the_shared_vocabulary(tmp_path)
         assert outcome.raw == reference_answer(hf_b, b.tokenizer, answer_prompt(b, task, item), read, 4)
         assert outcome.compute.tokens["A"] == len(a.tokenizer(item.question)["input_ids"]) + 2
 
-    words = {"<pad>": 0, "<bos>": 1, "<eos>": 2, **{f"v{i}": i for i in range(3, VOCAB)}}
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    backend = Tokenizer(models.WordLevel(words, unk_token="<pad>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    other = dataclasses.replace(b, tokenizer=transformers.PreTrainedTokenizerFast(tokenizer_object=backend),
-                                weight_sha256="another")
+    other = dataclasses.replace(b, tokenizer=tiny_tokenizer("v"), weight_sha256="another")
     ctx = Context(iv.Session({"A": a, "B": other}, "torch"), task, max_new_tokens=4, pool=items)
     with pytest.raises(VocabularyMismatchError, match="nl_message"):
         LatentMAS(m=2).run(ctx, items)

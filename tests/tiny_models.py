@@ -12,11 +12,12 @@ from interventions.models import wrap_model
 VOCAB = 96
 
 
-def tiny_tokenizer():
-    """A word-level tokenizer over VOCAB made-up words (no hub needed)."""
+def tiny_tokenizer(word: str = "w"):
+    """A word-level tokenizer over VOCAB made-up words (no hub needed); another ``word`` prefix gives
+    a vocabulary of the same size that shares no word with the default one."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, **{f"w{i}": i for i in range(3, VOCAB)}}
+    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, **{f"{word}{i}": i for i in range(3, VOCAB)}}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>",
