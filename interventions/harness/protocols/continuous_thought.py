@@ -106,6 +106,20 @@ class _Thinking(Protocol):
     def name(self) -> str:
         return f"{self.kind}_m{self.m}{control_suffix(self.control)}"
 
+    def run(self, ctx: Context, items):
+        receiver = ctx.model("B")
+        prompts = [answer_prompt(receiver, ctx.task, it) for it in items]
+        if self.m == 0:
+            return answer(ctx, "B", prompts, items)
+        if self.control == "pause":
+            return read_thoughts(ctx, prompts, items, [pause_vectors(receiver, self.pause, self.m)] * len(items),
+                                 self.markers, "none")
+        return self.think_and_answer(ctx, items, prompts)
+
+    def think_and_answer(self, ctx: Context, items, prompts: list[str]):
+        """m >= 1 and no pause control: produce the thoughts, and B answers reading them."""
+        raise NotImplementedError
+
 
 @register_protocol("continuous_thought")
 class ContinuousThought(_Thinking):
@@ -113,14 +127,8 @@ class ContinuousThought(_Thinking):
 
     control: Literal["none", "random", "zero", "pause"] = Field("none", description="replace the thoughts B reads")
 
-    def run(self, ctx: Context, items):
+    def think_and_answer(self, ctx: Context, items, prompts: list[str]):
         model = ctx.model("B")
-        prompts = [answer_prompt(model, ctx.task, it) for it in items]
-        if self.m == 0:
-            return answer(ctx, "B", prompts, items)
-        if self.control == "pause":
-            return read_thoughts(ctx, prompts, items, [pause_vectors(model, self.pause, self.m)] * len(items),
-                                 self.markers, "none")
         thoughts = think(ctx.session, "B", prompts, self.m, hidden_to_embedding(model, identity=not self.realign),
                          self.markers[0])
         outcomes = read_thoughts(ctx, prompts, items, thoughts.fed, self.markers, self.control)
@@ -138,14 +146,8 @@ class LatentMAS(_Thinking):
     control: Literal["none", "random", "zero", "mismatched", "pause"] = Field(
         "none", description="replace the thoughts B reads")
 
-    def run(self, ctx: Context, items):
+    def think_and_answer(self, ctx: Context, items, prompts: list[str]):
         receiver = ctx.model("B")
-        prompts = [answer_prompt(receiver, ctx.task, it) for it in items]
-        if self.m == 0:
-            return answer(ctx, "B", prompts, items)
-        if self.control == "pause":
-            return read_thoughts(ctx, prompts, items, [pause_vectors(receiver, self.pause, self.m)] * len(items),
-                                 self.markers, "none")
         sources = ctx.sources(items, self.control)
         texts, costs = sender_texts(ctx, sources, self.sender)
         sender = ctx.model("A")
