@@ -26,6 +26,7 @@ import torch
 from ..models.loaded import LoadedModel
 from ..errors import InterventionError, VocabularyMismatchError, WidthMismatchError
 from .maps import register_map
+from .states import input_embedding_table
 
 RIDGE = 1e-5     # absolute, as in the LatentMAS code (W_outᵀW_out has a large diagonal)
 
@@ -60,12 +61,6 @@ def realign_weight(output_weight: torch.Tensor, input_weight: torch.Tensor, ridg
     return torch.linalg.solve(gram, (w_out.T @ w_in).double()).float()
 
 
-def input_embedding_matrix(model: LoadedModel) -> torch.Tensor:
-    """W_in as ``inputs_embeds`` expects it: Gemma scales inside its embedding module, so scale too."""
-    embed = model.adapter.embedding(model.hf)
-    return embed.weight.detach().float() * float(getattr(embed, "embed_scale", 1.0))
-
-
 def check_shared_vocabulary(source: LoadedModel, target: LoadedModel) -> None:
     if not source.shares_vocabulary(target):
         raise VocabularyMismatchError(
@@ -85,7 +80,7 @@ def hidden_to_embedding(source: LoadedModel, target: LoadedModel | None = None,
     key = (source.weight_sha256, target.weight_sha256, identity)
     if key not in _CACHE:
         check_shared_vocabulary(source, target)
-        w_in = input_embedding_matrix(target)
+        w_in = input_embedding_table(target)
         if identity:
             if source.d_model != target.d_model:
                 raise WidthMismatchError(f"hidden_to_embedding without realignment needs one width, but "

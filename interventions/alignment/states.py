@@ -13,6 +13,14 @@ from ..verified import load_tensors, save_tensors
 
 
 @torch.inference_mode()
+@torch.inference_mode()
+def input_embedding_table(model: LoadedModel) -> torch.Tensor:
+    """(vocab, d) every token's input embedding as ``inputs_embeds`` expects it: the embedding
+    module's output, so a scale inside it (Gemma's √d) is included."""
+    module = model.adapter.embedding(model.hf)
+    return module(torch.arange(module.weight.shape[0])).float()
+
+
 def corpus_embeddings(model: LoadedModel, texts: list[str]) -> torch.Tensor:
     """Input embedding of each text's last token: (n_texts, d_model). A lookup, no forward."""
     last = [model.tokenizer(t)["input_ids"][-1] for t in texts]

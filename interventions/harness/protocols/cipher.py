@@ -25,6 +25,7 @@ from typing import Literal
 import torch
 from pydantic import Field, NonNegativeFloat, PositiveInt
 
+from ...alignment.states import input_embedding_table
 from ...compute import Compute
 from ...errors import InterventionError, VocabularyMismatchError
 from ...models import LoadedModel, load_model
@@ -45,9 +46,7 @@ def embedding_table(model: LoadedModel) -> tuple[torch.Tensor, torch.Tensor]:
     """Every token's input embedding as the model's embedding module outputs it (Gemma's scale
     included), and each row's squared norm; computed once per model."""
     if model not in _TABLES:
-        module = model.adapter.embedding(model.hf)
-        with torch.inference_mode():
-            table = module(torch.arange(module.weight.shape[0])).float()
+        table = input_embedding_table(model)
         _TABLES[model] = (table, (table * table).sum(-1))
     return _TABLES[model]
 
