@@ -278,3 +278,26 @@ def test_receiver_reads_the_mapped_plan_where_a_plain_hf_reference_puts_it(tiny_
             expected = model.hf(inputs_embeds=embeds).logits[0, -1]
         assert outcome.extra["message_vectors"] == len(states)
         assert (logits[row] - expected).abs().max() < 1e-4
+
+
+def test_too_few_training_items_and_a_missing_checkpoint_are_refused_in_one_line(tmp_path):
+    from interventions.harness.protocols import Context, interlat
+    from interventions.harness.tasks import get_task
+
+    task = get_task("countries")
+    evaluated = task.items(3, 0)
+
+    class Small:            # a task whose whole pool is the evaluated items plus two more
+        name = "small"
+        def all_items(self):
+            return task.items(5, 0)
+
+    with pytest.raises(interlat.InterlatError, match="small has only 2 items with answers outside the 3 evaluated"):
+        interlat.training_items(Small(), 16, 0, evaluated)
+    assert len(interlat.training_items(task, 16, 0, evaluated)) == 16     # a large pool is fine
+
+    model = tiny_model("llama")
+    missing = tmp_path / "nowhere.pt"
+    protocol = interlat.Interlat(channel="adapter", checkpoint=str(missing))
+    with pytest.raises(interlat.InterlatError, match=f"no readable adapter checkpoint at {missing}$"):
+        protocol.adapter(Context(Session(model), task, pool=evaluated))
