@@ -21,6 +21,7 @@ def input_embedding_table(model: LoadedModel) -> torch.Tensor:
     return module(torch.arange(module.weight.shape[0])).float()
 
 
+@torch.no_grad()
 def corpus_embeddings(model: LoadedModel, texts: list[str]) -> torch.Tensor:
     """Input embedding of each text's last token: (n_texts, d_model). A lookup, no forward."""
     last = [model.tokenizer(t)["input_ids"][-1] for t in texts]
