@@ -48,4 +48,5 @@ def random_control(message: torch.Tensor, key: str) -> torch.Tensor:
     seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") % (2 ** 63)
     noise = torch.randn(message.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
     norms = torch.linalg.vector_norm(message.float(), dim=-1, keepdim=True)
+    noise = noise.to(message.device)   # drawn on the CPU, so a seed gives the same vector on every device
     return (noise / torch.linalg.vector_norm(noise, dim=-1, keepdim=True) * norms).to(message.dtype)

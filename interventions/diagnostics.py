@@ -65,7 +65,7 @@ def clean_states(session, role: str, prompts: list[str]) -> torch.Tensor:
     """(rows, n_layers, d): ``role``'s own last-token residual after every block, per prompt; one
     forward for the prompts the session has not seen, kept in ``session.memo`` for later protocols."""
     model = session.model(role)
-    key = lambda prompt: ("clean_states", model.weight_sha256, prompt)  # noqa: E731
+    key = lambda prompt: ("clean_states", model.identity, prompt)  # noqa: E731
     missing = list(dict.fromkeys(p for p in prompts if key(p) not in session.memo))
     if missing:
         sites = [Site(role, block, -1) for block in range(model.n_layers)]

@@ -205,14 +205,12 @@ class Program:
         """Place ``rows[r]`` (n_r, d) into row r's input embeddings before token ``at`` (or at the
         end), between the marker texts; re-left-pad; mask and positions follow."""
         model, batch = self.model, self.batch
-        embed = model.adapter.embedding(model.hf)
         with torch.inference_mode():
             embeds = batch.get("inputs_embeds")
             if embeds is None:
-                embeds = embed(batch["input_ids"])
-            before, after = (embed(torch.tensor(model.tokenizer(m, add_special_tokens=False)["input_ids"],
-                                                dtype=torch.long)) if m else embeds.new_zeros(0, embeds.shape[-1])
-                             for m in markers)
+                embeds = model.embed(batch["input_ids"])
+            before, after = (model.embed(model.tokenizer(m, add_special_tokens=False)["input_ids"])
+                             if m else embeds.new_zeros(0, embeds.shape[-1]) for m in markers)
         lengths = self.mask.sum(1).tolist()
         total = embeds.shape[1]
         sequences = []

@@ -96,7 +96,7 @@ class Sampler:
         if self.temperature <= 0:
             return greedy(step)
         probs = torch.softmax(step.logits / self.temperature, dim=-1)
-        return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators)])
+        return torch.cat([torch.multinomial(p.cpu(), 1, generator=g) for p, g in zip(probs, self.generators)])
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -150,13 +150,15 @@ class Session:
         computed once per prompt and kept. Every row is charged the forward, cached or not."""
         model = self.model(site.model)
         block = model.resolve_layer(site.layer)
-        keys = [(site.model, model.weight_sha256, p, block, site.stream, site.position) for p in prompts]
+        keys = [(site.model, model.identity, p, block, site.stream, site.position) for p in prompts]
 
         def read(missing):
             batch = model.encode([k[2] for k in missing])
             mask = batch["attention_mask"]
             resolved = ResolvedSite(block, site.stream, resolve_positions(site.position, mask))
-            acts = self.backend.forward(model, batch, captures=[resolved], stop_after_captures=True).captures[0]
+            # messages travel in fp32 through host memory: maps, controls and statistics live there,
+            # and the receiver (on its own device) takes them where it needs them
+            acts = self.backend.forward(model, batch, captures=[resolved], stop_after_captures=True).captures[0].cpu()
             lengths = mask.sum(1).tolist()
             # "all" keeps only the real (unpadded) positions
             return {key: (acts[i, acts.shape[1] - lengths[i]:] if site.position == "all" else acts[i], lengths[i])
@@ -176,12 +178,13 @@ class Session:
         at positions 0..n-1; computed once per prompt and kept (up to ``KV_CACHE_BYTES``). Every row is
         charged the sender's forward, cached or not."""
         model = self.model(role)
-        keys = [(role, model.weight_sha256, p) for p in prompts]
+        keys = [(role, model.identity, p) for p in prompts]
 
         def read(missing):
             batch = model.encode([k[2] for k in missing])
             mask = batch["attention_mask"]
-            out = model.hf(**batch, position_ids=padded_positions(mask), use_cache=True, logits_to_keep=1)
+            out = model.hf(**model.on_device({**batch, "position_ids": padded_positions(mask)}), use_cache=True,
+                           logits_to_keep=1)
             layers = out.past_key_values.layers
             total, lengths = mask.shape[1], mask.sum(1).tolist()
             return {key: (torch.stack([layer.keys[i, :, total - lengths[i]:] for layer in layers]),   # real positions
@@ -217,7 +220,7 @@ class Session:
         """The map ``align`` names, from source block to target block (or "embed"); fitted once."""
         k = source.resolve_layer(source_layer)
         j = target_layer if target_layer == "embed" else target.resolve_layer(target_layer)
-        key = (align, source.weight_sha256, k, target.weight_sha256, j)
+        key = (align, source.identity, k, target.identity, j)
         if key not in self._maps:
             self._maps[key] = MAPS.get(align.kind)(source, k, target, j, align)
         return self._maps[key]
@@ -326,11 +329,12 @@ class Session:
             cont_mask[r, :len(c)] = 1
         owner = torch.tensor([i for i, _ in rows])
         cache = first.cache
-        cache.reorder_cache(owner)
+        cache.reorder_cache(owner.to(model.device))
         cont_positions = (program.offsets + mask.sum(1))[owner, None] + torch.arange(width)
         with program.running(rows=owner):
-            second = model.hf(input_ids=cont, attention_mask=torch.cat([program.full_mask[owner], cont_mask], 1),
-                              position_ids=cont_positions, past_key_values=cache, use_cache=True)
+            second = model.hf(**model.on_device({"input_ids": cont, "position_ids": cont_positions,
+                                                 "attention_mask": torch.cat([program.full_mask[owner], cont_mask], 1)}),
+                              past_key_values=cache, use_cache=True)
         later_lp = torch.log_softmax(second.logits[:, :-1].float(), dim=-1)
         out: list[list[float]] = [[] for _ in cont_ids]
         for r, (i, c) in enumerate(rows):
@@ -376,13 +380,13 @@ class Session:
         # after the prompt, edits that apply at every step act on the one new position
         step_edits = [Edit(ResolvedSite(e.site.block, e.site.stream, decode_positions(rows)), e.fn)
                       for e in program.edits if e.every_step]
-        finished = torch.zeros(rows, dtype=torch.bool)
+        finished = torch.zeros(rows, dtype=torch.bool, device=out.logits.device)
         ids, entropies, logits_kept, hidden_kept = [], [], [], []
         position = position[:, -1:]
         for index in range(max_new_tokens):
             logits = out.logits[:, -1].float()
             hidden = out.hidden[:, -1] if needs_hidden else None
-            chosen = policy(Step(index, logits, hidden, finished.clone()))
+            chosen = policy(Step(index, logits, hidden, finished.clone())).to(logits.device)
             as_embeds = chosen.is_floating_point()
             # an embedding step is recorded as the token the logits favour (its text reading, and EOS)
             token = logits.argmax(-1) if as_embeds else chosen.long()
@@ -399,7 +403,7 @@ class Session:
                 break
             mask = torch.cat([mask, torch.ones(rows, 1, dtype=mask.dtype)], 1)
             position = position + 1
-            feed = ({"inputs_embeds": chosen[:, None].to(out.logits.dtype)} if as_embeds
+            feed = ({"inputs_embeds": chosen[:, None].to(model.dtype)} if as_embeds
                     else {"input_ids": token[:, None]})
             out = self.backend.forward(model, {**feed, "attention_mask": mask, "position_ids": position,
                                                "past_key_values": out.cache, "use_cache": True,

@@ -221,7 +221,7 @@ def layer_stats(model: LoadedModel, layer, n_sentences: int = 3000, seed: int = 
     """``LayerStats`` of ``model``'s last-token residual after block ``layer`` over the corpus."""
     block = model.resolve_layer(layer)
     texts = corpus.sentences(n_sentences, seed)
-    fingerprint = f"{model.weight_sha256[:12]}-L{block}-{corpus.fingerprint(texts)}-s{seed}"
+    fingerprint = f"{model.tag}-L{block}-{corpus.fingerprint(texts)}-s{seed}"
     return _cached("layer", fingerprint, LayerStats,
                    lambda: fit_layer_stats(corpus_activations(model, texts)[:, block], seed, fingerprint))
 
@@ -236,7 +236,7 @@ def source_regression(source: LoadedModel, source_layer, target: LoadedModel, ta
     """``Regression`` of ``mapping(A's state at source_layer)`` on B's state at ``target_layer``."""
     k, j = source.resolve_layer(source_layer), target.resolve_layer(target_layer)
     texts = corpus.sentences(n_sentences, seed)
-    fingerprint = (f"{source.weight_sha256[:12]}-L{k}-via-{map_tag(mapping)}-from-{target.weight_sha256[:12]}-L{j}"
+    fingerprint = (f"{source.tag}-L{k}-via-{map_tag(mapping)}-from-{target.tag}-L{j}"
                    f"-{corpus.fingerprint(texts)}-s{seed}")
 
     def fit() -> Regression:

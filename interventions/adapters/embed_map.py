@@ -27,7 +27,7 @@ def trajectory_map(sender: LoadedModel, receiver: LoadedModel, n_sentences: int 
     align = Align("linear", n_sentences, seed)
     kind = MAPS.get("linear")
     texts = corpus.sentences(n_sentences, seed)
-    key = (f"{sender.weight_sha256[:12]}-final-to-{receiver.weight_sha256[:12]}-E-{corpus.fingerprint(texts)}"
+    key = (f"{sender.tag}-final-to-{receiver.tag}-E-{corpus.fingerprint(texts)}"
            f"-{kind.method(align)}")
     return cached_fit(kind, key, len(texts), lambda split: (
         Layer(final_states(sender, texts), split, f"{sender.name} final hidden state"),

@@ -130,7 +130,7 @@ def fit_on_corpus(kind: FittedKind, source: LoadedModel, source_layer, target: L
     k = source.resolve_layer(source_layer)
     j = "embed" if target_layer == "embed" else target.resolve_layer(target_layer)
     texts = corpus.sentences(align.n_sentences, align.seed)
-    fingerprint = (f"{source.weight_sha256[:12]}-L{k}-to-{target.weight_sha256[:12]}-{'E' if j == 'embed' else f'L{j}'}"
+    fingerprint = (f"{source.tag}-L{k}-to-{target.tag}-{'E' if j == 'embed' else f'L{j}'}"
                    f"-{corpus.fingerprint(texts)}-{kind.method(align)}")
 
     def layers(split):

@@ -77,7 +77,7 @@ def hidden_to_embedding(source: LoadedModel, target: LoadedModel | None = None,
     embeddings (``source``'s own by default), computed once per weights. ``identity``: no
     realignment, only the rescale (LatentMAS's ablation; same width only)."""
     target = target or source
-    key = (source.weight_sha256, target.weight_sha256, identity)
+    key = (source.identity, target.identity, identity)
     if key not in _CACHE:
         check_shared_vocabulary(source, target)
         w_in = input_embedding_table(target)

@@ -13,24 +13,22 @@ from ..verified import load_tensors, save_tensors
 
 
 @torch.inference_mode()
-@torch.inference_mode()
 def input_embedding_table(model: LoadedModel) -> torch.Tensor:
     """(vocab, d) every token's input embedding as ``inputs_embeds`` expects it: the embedding
     module's output, so a scale inside it (Gemma's √d) is included."""
-    module = model.adapter.embedding(model.hf)
-    return module(torch.arange(module.weight.shape[0])).float()
+    return model.embed(torch.arange(model.adapter.embedding(model.hf).weight.shape[0])).float().cpu()
 
 
 @torch.no_grad()
 def corpus_embeddings(model: LoadedModel, texts: list[str]) -> torch.Tensor:
     """Input embedding of each text's last token: (n_texts, d_model). A lookup, no forward."""
     last = [model.tokenizer(t)["input_ids"][-1] for t in texts]
-    return model.adapter.embedding(model.hf)(torch.tensor(last)).float()
+    return model.embed(last).float().cpu()
 
 
 def corpus_activations(model: LoadedModel, texts: list[str], batch_size: int = 32) -> torch.Tensor:
     """Last-token residual after every block: (n_texts, n_layers, d_model), cached on disk."""
-    path = cache_root() / "activations" / f"{model.name.replace('/', '_')}-{model.weight_sha256[:12]}-{corpus.fingerprint(texts)}.pt"
+    path = cache_root() / "activations" / f"{model.name.replace('/', '_')}-{model.tag}-{corpus.fingerprint(texts)}.pt"
     cached = load_tensors(path, "cached activations")
     if cached is not None:
         return cached
@@ -46,7 +44,7 @@ def corpus_activations(model: LoadedModel, texts: list[str], batch_size: int = 3
         last = torch.full((batch["input_ids"].shape[0], 1), batch["input_ids"].shape[1] - 1)
         sites = [ResolvedSite(layer, "resid_post", last) for layer in range(model.n_layers)]
         out = backend.forward(model, batch, captures=sites, stop_after_captures=True)
-        chunks.append(torch.cat(out.captures, dim=1))
+        chunks.append(torch.cat(out.captures, dim=1).cpu())
     acts = torch.empty(len(texts), model.n_layers, model.d_model)
     acts[torch.tensor(order)] = torch.cat(chunks)
     save_tensors(acts, path)

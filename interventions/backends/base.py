@@ -59,6 +59,11 @@ class EditState:
         return acts
 
 
+def captured(acts: torch.Tensor, positions) -> torch.Tensor:
+    """A capture buffer: the gathered positions, detached, in fp32 whatever the model runs in."""
+    return gather(acts, positions).detach().float()
+
+
 class CaptureState:
     """Collects gathered activations; can stop the forward once every capture is in."""
 
@@ -68,7 +73,7 @@ class CaptureState:
         self.stop = stop
 
     def record(self, index: int, acts: torch.Tensor) -> None:
-        self.values[index] = gather(acts, self.sites[index].positions).detach()
+        self.values[index] = captured(acts, self.sites[index].positions)
         if self.stop and all(v is not None for v in self.values):
             raise StopForward
 

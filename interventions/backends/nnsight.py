@@ -11,8 +11,8 @@ import warnings
 import torch
 
 from ..models.loaded import LoadedModel
-from ..sites import Edit, ResolvedSite, gather
-from .base import Backend, EditState, ForwardOutput, generation_defaults, new_tokens
+from ..sites import Edit, ResolvedSite
+from .base import Backend, EditState, ForwardOutput, captured, generation_defaults, new_tokens
 
 
 def traced_for(model: LoadedModel):
@@ -51,7 +51,7 @@ def _run_ops(traced, model, ops, saved):
         value = envoy.output if where == "output" else envoy.input
         acts = _first(value)
         if kind == "capture":
-            saved[payload] = gather(acts, site.positions).detach()
+            saved[payload] = captured(acts, site.positions)
             continue
         new = payload(acts)
         if where == "input":
@@ -67,7 +67,7 @@ class NnsightBackend(Backend):
 
     def forward(self, model, batch, captures: list[ResolvedSite] = (), edits: list[Edit] = (),
                 stop_after_captures: bool = False) -> ForwardOutput:
-        traced = traced_for(model)
+        traced, batch = traced_for(model), model.on_device(batch)
         ops = _ops(list(captures), list(edits))
         stop = stop_after_captures and bool(captures)
         saved: dict = {}  # filled inside the trace body; lives outside it so it survives
@@ -85,7 +85,7 @@ class NnsightBackend(Backend):
         return ForwardOutput(output.logits, values, cache, hidden)
 
     def generate(self, model, batch, edits: list[Edit] = (), max_new_tokens: int = 20, **kwargs):
-        traced = traced_for(model)
+        traced, batch = traced_for(model), model.on_device(batch)
         ops = _ops([], list(edits))
         options = generation_defaults(model, max_new_tokens, kwargs)
         every_step = any(edit.every_step for edit in edits)

@@ -58,9 +58,9 @@ class TorchHooksBackend(Backend):
                 stop_after_captures: bool = False) -> ForwardOutput:
         state = CaptureState(captures, stop_after_captures and bool(captures))
         with installed_hooks(model, state, list(edits)):
-            return hooked_forward(model.hf, batch, state)
+            return hooked_forward(model.hf, model.on_device(batch), state)
 
     @torch.inference_mode()
     def generate(self, model, batch, edits: list[Edit] = (), max_new_tokens: int = 20, **kwargs):
         with installed_hooks(model, None, list(edits)):
-            return hooked_generate(model, model.hf, batch, max_new_tokens, kwargs)
+            return hooked_generate(model, model.hf, model.on_device(batch), max_new_tokens, kwargs)

@@ -35,7 +35,7 @@ def work_key(protocol: Protocol, weights: dict[str, str], task: str, item_id: st
 
 
 def weights(models: dict) -> dict[str, str]:
-    return {role: m.weight_sha256 for role, m in models.items()}
+    return {role: m.identity for role, m in models.items()}
 
 
 def default_out(experiment: Experiment) -> Path:
@@ -150,12 +150,19 @@ def _row(experiment, pair, models, task, protocol, item, outcome, seed) -> dict:
         "experiment": experiment.name, "task": task.name, "task_source": task.source, "item_id": item.id,
         "protocol": protocol.name, "protocol_spec": protocol.as_dict(),
         **({"interventions": outcome.interventions} if outcome.interventions else {}),
-        "models": {role: {"name": m.name, "sha256": m.weight_sha256, "loaded_sha256": m.loaded_sha256 or m.weight_sha256}
-                   for role, m in models.items()},
+        "models": {role: model_record(m) for role, m in models.items()},
         "seed": seed, "score": outcome.score, "score_norm": outcome.score_norm,
         "prediction": outcome.prediction, "gold": item.answer, "compute": outcome.compute.to_dict(),
         "params": params, **({"extra": outcome.extra} if outcome.extra else {}),
     }
+
+
+def model_record(model) -> dict:
+    """What a row says of one model: which weights (verified hashes), where and in what precision it ran."""
+    return {"name": model.name, "sha256": model.weight_sha256,
+            "loaded_sha256": model.loaded_sha256 or model.weight_sha256,
+            "device": str(model.device), "dtype": model.dtype_name,
+            **({"placement_note": model.placement_note} if model.placement_note else {})}
 
 
 def report(experiment: Experiment, out_dir: Path | None = None) -> dict:

@@ -10,50 +10,56 @@ import torch
 from ..verified import note
 from .cache import ensure_cached, entry_cache_dir, loaded_sha256, read_marker
 from .loaded import LoadedModel
+from .placement import Placement, placement
 from .zoo import ZOO
 
-_LOADED: dict[tuple[str, str], LoadedModel] = {}
+_LOADED: dict[tuple[str, str, str], LoadedModel] = {}
 
 
-def load_model(name: str, dtype: torch.dtype = torch.float32, reuse: bool = True) -> LoadedModel:
+def load_model(name: str, dtype=None, reuse: bool = True, device=None) -> LoadedModel:
     """Load ``name``: a zoo name (``smollm2-135m``), a local directory, or a hub id.
 
+    ``device``: cpu (default), cuda, cuda:N, mps, or auto (spread over the GPUs, then the CPU);
+    ``dtype``: fp32 (default), bf16 or fp16. The weights are loaded straight onto the device.
     Loaded models are kept per process (``reuse=False`` forces a fresh copy).
     """
-    key = (name, str(dtype))
+    where = placement(device, dtype)
+    key = (name, where.device, where.dtype_name)
     if reuse and key in _LOADED:
         return _LOADED[key]
     if name in ZOO:
-        model = _from_cache(name, dtype)
+        model = _from_cache(name, where)
     elif Path(name).is_dir():
-        model = _from_directory(name, Path(name), dtype, None, f"local directory {name}")
+        model = _from_directory(name, Path(name), where, None, f"local directory {name}")
     elif "/" in name:
-        model = _from_directory(name, name, dtype, None, f"hub {name}")
+        model = _from_directory(name, name, where, None, f"hub {name}")
     else:
         ZOO.get(name)  # raises, suggesting close names
+    model.placement_note = where.note
     if reuse:
         _LOADED[key] = model
     return model
 
 
-def _from_cache(name: str, dtype) -> LoadedModel:
+def _from_cache(name: str, placed: Placement) -> LoadedModel:
     """A zoo model from its verified cache; a cache that cannot be read is rebuilt once."""
     entry = ZOO[name]
     directory, marker = ensure_cached(entry)
     try:
-        model = _from_directory(name, directory, dtype, marker["sha256"], f"{entry.gguf_name} (cached)")
+        model = _from_directory(name, directory, placed, marker["sha256"], f"{entry.gguf_name} (cached)")
     except Exception as error:  # noqa: BLE001  e.g. a file damaged between the check and the read
         note(f"loading the cache of {name} failed ({type(error).__name__}: {error}); rebuilding it")
         directory, marker = ensure_cached(entry, rebuild=True)
-        model = _from_directory(name, directory, dtype, marker["sha256"], f"{entry.gguf_name} (cached)")
+        model = _from_directory(name, directory, placed, marker["sha256"], f"{entry.gguf_name} (cached)")
     model.loaded_sha256 = loaded_sha256(marker)
     return model
 
 
-def _from_directory(name: str, where, dtype, sha256: str | None, source: str) -> LoadedModel:
+def _from_directory(name: str, where, placed: Placement, sha256: str | None, source: str) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    hf = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)  # trust_remote_code stays off
+    hf = AutoModelForCausalLM.from_pretrained(where, dtype=placed.dtype,  # trust_remote_code stays off
+                                              **({"device_map": placed.device_map} if placed.device_map else {}))
     hf.eval()
     tokenizer = AutoTokenizer.from_pretrained(where)
     return wrap_model(name, hf, tokenizer, sha256=sha256, source=source)

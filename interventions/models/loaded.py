@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 
 from ..errors import LayerOutOfRangeError
 
@@ -21,6 +22,7 @@ class LoadedModel:
     weight_sha256: str
     source: str             # where the weights came from
     loaded_sha256: str | None = None  # hash of the files actually loaded (verified cache); None: weight_sha256
+    placement_note: str | None = None  # a device/dtype fallback taken at load (recorded in rows)
     wrappers: dict = field(default_factory=dict, repr=False)  # per-backend cached wrappers
 
     @property
@@ -28,6 +30,39 @@ class LoadedModel:
         """The family adapter: where streams, embedding and final norm live (models/families.py)."""
         from .families import family_of
         return family_of(self.family)
+
+    @property
+    def device(self) -> torch.device:
+        """Where inputs go: the input embedding's device (with ``device="auto"`` the first of several)."""
+        return self.adapter.embedding(self.hf).weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.adapter.embedding(self.hf).weight.dtype
+
+    @property
+    def dtype_name(self) -> str:
+        from .placement import DTYPE_NAMES
+        return DTYPE_NAMES.get(self.dtype, str(self.dtype).removeprefix("torch."))
+
+    @property
+    def identity(self) -> str:
+        """The weights a result depends on: their hash, and the precision when it is not fp32."""
+        from .placement import weights_identity
+        return weights_identity(self.weight_sha256, self.dtype_name)
+
+    @property
+    def tag(self) -> str:
+        """A short name of ``identity`` for cache files: 12 hex digits, and the precision when not fp32."""
+        return self.weight_sha256[:12] + ("" if self.dtype_name == "fp32" else f"-{self.dtype_name}")
+
+    def embed(self, ids) -> torch.Tensor:
+        """Input embeddings of token ids (a tensor or a list), on the model's device and in its dtype."""
+        return self.adapter.embedding(self.hf)(torch.as_tensor(ids, dtype=torch.long, device=self.device))
+
+    def on_device(self, batch: dict) -> dict:
+        """``batch`` with every tensor moved to the model's device (caches and flags as they are)."""
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     @property
     def max_positions(self) -> int | None:
@@ -56,7 +91,7 @@ class LoadedModel:
         return {"name": self.name, "family": self.family, "n_layers": self.n_layers,
                 "d_model": self.d_model, "vocab_size": self.vocab_size,
                 "chat_template": self.has_chat_template, "weight_sha256": self.weight_sha256,
-                "source": self.source}
+                "source": self.source, "device": str(self.device), "dtype": self.dtype_name}
 
     def resolve_layer(self, layer: int | float | str) -> int:
         """Block index for an int (negative counts from the end) or a relative depth: a float in

@@ -108,7 +108,8 @@ class KVTransfer(SpecKind):
     def compile(self, program) -> None:
         receiver = program.model
         check_pair(program.session.model(self.source), receiver)
-        prefix = KVPrefix.stack(program.kv_message(self.source))
+        prefix = KVPrefix.stack([(k.to(receiver.device, receiver.dtype), v.to(receiver.device, receiver.dtype))
+                                 for k, v in program.kv_message(self.source)])
         n = receiver.n_layers
         if self.layers == "importance":
             if self.n_layers > n:
@@ -223,7 +224,7 @@ class KVPrefix:
 
 def running_copies(model, backend: str) -> list:
     """The transformers models a request may run: the model itself (torch, nnsight, and every plain
-    call), and with TransformerLens the private copy its bridge runs (with eager attention)."""
+    call), and with TransformerLens the shell its bridge runs (the same weights)."""
     if backend != "transformer_lens":
         return [model.hf]
     from ..backends.transformer_lens import bridge_for
@@ -285,11 +286,11 @@ def attention_on_prefix(program, prefix: KVPrefix) -> torch.Tensor:
     start = time.perf_counter()
     prefix.visible = torch.ones(program.rows, model.n_layers, dtype=torch.bool)
     with torch.inference_mode(), eager_attention(model):
-        out = model.hf(**program.batch_with(prefix), output_attentions=True, logits_to_keep=1)
-    real = mask.bool()[:, None, :].float()            # (rows, 1, T): real receiver queries
+        out = model.hf(**model.on_device(program.batch_with(prefix)), output_attentions=True, logits_to_keep=1)
+    real = mask.bool()[:, None, :].float().to(model.device)   # (rows, 1, T): real receiver queries
     scores = []
     for weights in out.attentions:                      # (rows, heads, T, P + T)
         on_sender = weights[..., :prefix.width].float().sum(-1)                 # (rows, heads, T)
         scores.append((on_sender * real).sum((1, 2)) / (real.sum((1, 2)) * weights.shape[1]))
     program.charge_forward(time.perf_counter() - start)
-    return torch.stack(scores, 1)
+    return torch.stack(scores, 1).cpu()

@@ -46,7 +46,7 @@ def embedding_table(model: LoadedModel) -> tuple[torch.Tensor, torch.Tensor]:
     """Every token's input embedding as the model's embedding module outputs it (Gemma's scale
     included), and each row's squared norm; computed once per model."""
     if model not in _TABLES:
-        table = input_embedding_table(model)
+        table = input_embedding_table(model).to(model.device)   # fp32, beside the logits it mixes
         _TABLES[model] = (table, (table * table).sum(-1))
     return _TABLES[model]
 
@@ -80,7 +80,7 @@ class EmbeddingMixture:
     def weights(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The mixture weights: (rows, V), or (rows, k) with their token ids when only k are kept."""
         if self.temperature == 0 or self.top_k == 1:
-            return torch.ones(len(logits), 1), logits.argmax(-1, keepdim=True)
+            return torch.ones(len(logits), 1, device=logits.device), logits.argmax(-1, keepdim=True)
         scaled = logits / self.temperature
         ids = None
         if self.top_k is not None and self.top_k < scaled.shape[-1]:

@@ -79,7 +79,7 @@ def pause_vectors(model, text: str, m: int) -> torch.Tensor:
     if len(ids) != 1:
         raise PauseTextError(f"pause={text!r} is {len(ids)} tokens for {model.name}; give a text that is one token")
     with torch.inference_mode():
-        vector = model.adapter.embedding(model.hf)(torch.tensor(ids)).float()
+        vector = model.embed(ids).float()
     return vector.expand(m, -1).clone()
 
 
