@@ -193,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--out", default=None, help="output dir (default results/<experiment>/)")
     p.add_argument("--backend", choices=BACKENDS, default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps or auto (default: the experiment's, else cpu)")
+    p.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: the experiment's, else fp32)")
     p.add_argument("--wait", action="store_true", help="if another run holds --out, wait for it instead of refusing")
     p.add_argument("--verify", action="store_true", help="hash every cached file in full before use")
     p.set_defaults(fn=_cmd_run)

@@ -38,6 +38,8 @@ class ExperimentFile(BaseModel):
     description: str = ""
     seed: int = 0
     backend: str = "torch"
+    device: str = "cpu"        # cpu, cuda, cuda:N, mps, auto (spread over the GPUs)
+    dtype: str = "fp32"        # fp32, bf16, fp16; maps, statistics and captures stay fp32
     max_new_tokens: PositiveInt = 16
     batch_size: PositiveInt = 16
     pairs: list[dict[Literal["A", "B"], str]] = Field(min_length=1)
@@ -64,6 +66,8 @@ class Experiment(BaseModel):
     protocol_tasks: dict = Field(default_factory=dict)   # Protocol -> task names it is limited to (None: all)
     seed: int = 0
     backend: str = "torch"
+    device: str = "cpu"
+    dtype: str = "fp32"
     max_new_tokens: int = 16
     batch_size: int = 16
     baseline: str | dict | None = None

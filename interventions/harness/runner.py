@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InterventionError, MissingRoleError
 from ..models import load_model
+from ..models.placement import placement
 from ..session import Session
 from .experiment import Experiment, load_experiment
 from .lock import results_lock
@@ -65,10 +66,10 @@ def _check_roles(experiment: Experiment) -> None:
 
 def run_experiment(experiment: Experiment, out_dir: Path | None = None, limit: int | None = None,
                    seed: int | None = None, backend: str | None = None, progress: bool = True,
-                   wait: bool = False) -> list[dict]:
+                   wait: bool = False, device: str | None = None, dtype: str | None = None) -> list[dict]:
     """Run every missing work item into ``out_dir/results.jsonl``; return all rows (one per key).
 
-    Bad input fails before any model loads. Another run holding ``out_dir`` is refused (or waited
+    ``device`` and ``dtype`` override the experiment's. Bad input fails before any model loads. Another run holding ``out_dir`` is refused (or waited
     for, with ``wait``). Ctrl-C raises ``RunInterrupted`` once the rows finished so far are saved.
     """
     if limit is not None and limit < 1:
@@ -76,6 +77,9 @@ def run_experiment(experiment: Experiment, out_dir: Path | None = None, limit: i
     out_dir = Path(out_dir) if out_dir else default_out(experiment)
     seed = experiment.seed if seed is None else seed
     backend = backend or experiment.backend
+    experiment = experiment.model_copy(update={"device": device or experiment.device,
+                                               "dtype": dtype or experiment.dtype})
+    placement(experiment.device, experiment.dtype)   # a device that is not here fails before any load
     _check_roles(experiment)
     tasks = [(entry, get_task(entry.name, **entry.options)) for entry in experiment.tasks]
     with results_lock(out_dir, wait):
@@ -100,11 +104,16 @@ def run_experiment(experiment: Experiment, out_dir: Path | None = None, limit: i
         return read_results(path).rows
 
 
+def load_pair(experiment: Experiment, pair: dict[str, str]) -> dict:
+    """The pair's models, placed as the experiment says."""
+    return {role: load_model(name, device=experiment.device, dtype=experiment.dtype) for role, name in pair.items()}
+
+
 def _plan(experiment, tasks, done, limit, seed) -> list:
     """(pair, models, task, all items, protocol, pending items) for every unfinished work item."""
     plan = []
     for pair in experiment.pairs:
-        models = {role: load_model(name) for role, name in pair.items()}
+        models = load_pair(experiment, pair)
         for entry, task in tasks:
             n = entry.n if limit is None else min(entry.n or limit, limit)
             items = task.items(n, seed)
@@ -181,7 +190,8 @@ def report(experiment: Experiment, out_dir: Path | None = None) -> dict:
 
 def run_experiment_cli(args) -> None:
     experiment = load_experiment(args.experiment)
-    rows = run_experiment(experiment, args.out, args.limit, args.seed, args.backend, wait=args.wait)
+    rows = run_experiment(experiment, args.out, args.limit, args.seed, args.backend, wait=args.wait,
+                          device=args.device, dtype=args.dtype)
     report(experiment, args.out)
     out = Path(args.out) if args.out else default_out(experiment)
     print(f"\n{len(rows)} rows in {out / RESULTS_FILE}; report in {out / 'summary.md'}\n")
