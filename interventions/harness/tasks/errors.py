@@ -28,11 +28,17 @@ class TaskOptionError(InterventionError, ValueError):
 
 
 class DatasetFormatError(InterventionError, ValueError):
-    """A data file line is malformed; the message names file, 1-based line and field."""
+    """A data file line (or row) is malformed; the message names file, 1-based line and field.
 
-    def __init__(self, path: str, line: int, field: str, problem: str):
+    ``unit`` is "line" for line-based files (``file:3:``) and "row" for tables (``file: row 3:``);
+    ``role`` says what the field is mapped to when its name differs (``fields: {answer: a}``).
+    """
+
+    def __init__(self, path: str, line: int, field: str, problem: str, unit: str = "line", role: str = ""):
         self.path, self.line, self.field = str(path), line, field
-        super().__init__(f"{path}:{line}: field {field!r} {problem}")
+        where = f"{path}:{line}:" if unit == "line" else f"{path}: {unit} {line}:"
+        mapped = f" (the {role})" if role and role != field else ""
+        super().__init__(f"{where} field {field!r}{mapped} {problem}")
 
 
 class MissingDataPackageError(InterventionError, ImportError):
