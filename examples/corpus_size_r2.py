@@ -51,7 +51,8 @@ def main() -> None:
     states = {name: corpus_activations(model, texts) for name, model in models.items()}
     splits = nested_splits(len(texts), args.heldout, args.sizes, args.seed)
     kind, align = MAPS.get(args.kind), Align(args.kind, len(texts), args.seed)
-    print(f"| map ({args.kind}, {args.heldout} held-out sentences) | " + " | ".join(f"n = {n}" for n in args.sizes) + " |")
+    sizes = " | ".join(f"n = {n}" for n in args.sizes)
+    print(f"| map ({args.kind}, {args.heldout} held-out sentences) | {sizes} |")
     print("|---|" + "---|" * len(args.sizes))
     for pair in args.pairs:
         a_block, b_block = (int(x) for x in pair.split(":"))

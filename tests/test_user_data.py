@@ -131,6 +131,11 @@ def test_unknown_role_and_missing_column_are_named(tmp_path):
         get_task("file", path=str(path), fields={"questoin": "q"})
     with pytest.raises(TaskOptionError, match="no column 'qq' \\(fields.question\\).*Its columns: qid, q, a"):
         get_task("file", path=str(path), fields={**TABLE_FIELDS, "question": "qq"})
+    with pytest.raises(TaskOptionError, match="no column 'question' for the question: name the one that holds it "
+                                              "with fields: \\{question: ...\\}"):
+        get_task("file", path=str(path))
+    with pytest.raises(TaskOptionError, match="fields must map roles to column names"):
+        get_task("file", path=str(path), fields=["q", "a"])
 
 
 # ---------------------------------------------------------------- scoring follows the data

@@ -27,6 +27,14 @@ class TaskOptionError(InterventionError, ValueError):
     """A task's options are wrong: an unknown or missing option, a bad value, a missing file."""
 
 
+class DatasetReadError(TaskOptionError):
+    """``datasets`` could not read a file or dataset; ``reason`` is its innermost error, in one line."""
+
+    def __init__(self, what: str, reason: str):
+        self.reason = reason
+        super().__init__(f"could not read {what}: {reason}")
+
+
 class DatasetFormatError(InterventionError, ValueError):
     """A data file line (or row) is malformed; the message names file, 1-based line and field.
 

@@ -16,6 +16,7 @@ from .item import TaskItem
 from .records import Record, Records
 
 ROLES = ("question", "answer", "choices", "context", "id", "meta")
+REQUIRED = ("question", "answer")
 ANSWER_FORMS = ("auto", "text", "letter", "index")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -32,10 +33,10 @@ class FieldMap:
 
     @classmethod
     def of(cls, fields: dict | None, task: str) -> "FieldMap":
-        fields = dict(fields or {})
-        if not isinstance(fields, dict):
+        if not isinstance(fields, (dict, type(None))):
             raise TaskOptionError(f"task {task!r}: fields must map roles to column names, e.g. "
                                   "{question: q, answer: a, choices: [c1, c2, c3]}")
+        fields = dict(fields or {})
         for role, column in fields.items():
             if role not in ROLES:
                 raise TaskOptionError(f"task {task!r}: fields has no role {role!r}.{suggest(str(role), ROLES)} "
@@ -54,14 +55,20 @@ class FieldMap:
         return value if isinstance(value, tuple) else (value,)
 
     def check_columns(self, records: Records) -> None:
-        """A table must hold every column the mapping names (a line-based file is checked per line)."""
+        """A table must hold every column the mapping names, and the required roles' (a line-based
+        file is checked per line)."""
         if records.columns is None:
             return
-        for role in sorted(self.mapped):
+        known = ", ".join(records.columns)
+        for role in [r for r in ROLES if r in self.mapped or r in REQUIRED]:
             for column in self.columns(role):
-                if column not in records.columns:
-                    raise TaskOptionError(f"{records.label} has no column {column!r} (fields.{role}).{suggest(column, records.columns)} "
-                                          f"Its columns: {', '.join(records.columns)}.")
+                if column in records.columns:
+                    continue
+                if role not in self.mapped:
+                    raise TaskOptionError(f"{records.label} has no column {column!r} for the {role}: name the one "
+                                          f"that holds it with fields: {{{role}: ...}}. Its columns: {known}.")
+                raise TaskOptionError(f"{records.label} has no column {column!r} (fields.{role})."
+                                      f"{suggest(column, records.columns)} Its columns: {known}.")
 
 
 @dataclass(frozen=True)
@@ -158,8 +165,8 @@ class RecordReader:
         found = {form: index for form, index in found.items() if index is not None}
         if len(set(found.values())) > 1:
             readings = ", ".join(f"as {form} choice {index} ({choices[index]!r})" for form, index in found.items())
-            raise self._error(record, self.fields.answer, f"is {answer!r}, which reads two ways: {readings}. Set answer_is: "
-                              f"{' or '.join(found)} in the task's options", "answer")
+            raise self._error(record, self.fields.answer, f"is {answer!r}, which reads two ways: {readings}. "
+                              f"Set answer_is: {' or '.join(found)} in the task's options", "answer")
         if not found:
             allowed = {"text": "one of the choices", "letter": f"a letter A-{LETTERS[min(len(choices), 26) - 1]}",
                        "index": f"a 0-based index 0-{len(choices) - 1}"}

@@ -20,7 +20,7 @@ from typing import Callable
 
 from ...models.cache import cache_root
 from ...registry import Registry
-from .errors import DatasetFormatError, TaskOptionError
+from .errors import DatasetFormatError, DatasetReadError, TaskOptionError
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def _text_table(path: Path, sep: str, fmt: str) -> Records:
 def _table(path: Path, builder: str, fmt: str, **config) -> Records:
     """Every row of one local file, through the datasets builder ``builder``."""
     # local files are cached next to the models, not in the user's hub cache
-    table = _load(str(path), f"{path} as {fmt}", builder, data_files=str(path), split="train",
+    table = _load(f"{path} as {fmt}", builder, data_files=str(path), split="train",
                   cache_dir=str(cache_root() / "datasets"), **config)
     rows = [Record(number, values) for number, values in enumerate(table, start=1)]
     return Records(rows, "row", tuple(table.column_names), file_source(path, fmt), str(path))
@@ -135,14 +135,15 @@ def read_hub(dataset: str, split: str, config: str | None = None, revision: str 
     local = Path(dataset).exists()
     named = f"{dataset}{f' ({config})' if config else ''}, split {split!r}"
     try:
-        table = _load(dataset, f"Hugging Face dataset {named}", dataset, config, split=split, revision=revision,
+        table = _load(f"Hugging Face dataset {named}", dataset, config, split=split, revision=revision,
                       **({"cache_dir": str(cache_root() / "datasets")} if local else {}))
-    except TaskOptionError:
+    except DatasetReadError as error:
         if not local and hub_offline():
             raise TaskOptionError(
-                f"Hugging Face dataset {dataset!r} is not in the local cache and the hub is off (HF_HUB_OFFLINE=1, "
-                "the default here): run once with HF_HUB_OFFLINE=0 to download it, or save it as a file and use "
-                "{name: file, options: {path: ...}}") from None
+                f"Hugging Face dataset {dataset!r} is not a local folder and could not be read from the local cache "
+                f"({error.reason}), and the hub is off (HF_HUB_OFFLINE=1, this package's default): run once with "
+                "HF_HUB_OFFLINE=0 to download it, or save it as a file and use {name: file, options: {path: ...}}"
+            ) from None
         raise
     rows = [Record(number, values) for number, values in enumerate(table, start=1)]
     source = f"Hugging Face dataset {named}, {len(rows)} rows, fingerprint {table._fingerprint}"
@@ -154,7 +155,7 @@ def hub_offline() -> bool:
     return any(flag.strip().lower() in ("1", "true", "yes", "on") for flag in flags)
 
 
-def _load(target: str, what: str, *args, **kwargs):
+def _load(what: str, *args, **kwargs):
     """``datasets.load_dataset(*args, **kwargs)``, quietly; a failure is one line naming ``what``."""
     import datasets
 
@@ -162,7 +163,7 @@ def _load(target: str, what: str, *args, **kwargs):
         with _no_progress_bars(datasets):
             return datasets.load_dataset(*args, **kwargs)
     except Exception as error:   # datasets wraps the parser's or the hub's error in its own types
-        raise TaskOptionError(f"could not read {what}: {_reason(error)}") from None
+        raise DatasetReadError(what, _reason(error)) from None
 
 
 def _reason(error: BaseException) -> str:

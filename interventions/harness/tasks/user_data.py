@@ -87,9 +87,9 @@ def settle_scoring(items: list[TaskItem], declared: str | None, reader: RecordRe
     for item in items:
         if "answer_given" in item.meta:
             raise reader.error(item, "answer", f"{item.meta['answer_given']!r} names a choice by position, but "
-                               f"{declared} scoring compares the generated text with the choice's text, and the answering "
-                               "model's prompt does not list the choices. Leave scoring out (multiple choice by log-likelihood), "
-                               "or give each answer as text")
+                               f"{declared} scoring compares the generated text with the choice's text, and the "
+                               "answering model's prompt does not list the choices. Leave scoring out (multiple "
+                               "choice by log-likelihood), or give each answer as text")
     return declared
 
 
