@@ -289,7 +289,7 @@ def test_summary_prints_each_tasks_chance(tiny_run):
     user = summary.split("## csv/quiz")[1].split("## ")[0]
     countries = summary.split("## countries")[1].split("## ")[0]
     assert "Chance: 0.250 (a uniform guess among each item's choices)." in user
-    assert "Chance: – (free-form answers" in countries
+    assert "Chance: – (the rows record no choices" in countries
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])

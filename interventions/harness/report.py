@@ -135,7 +135,7 @@ def _summary_md(summary) -> list[str]:
 def _chance_line(entries) -> str:
     chance = next((e["chance"] for e in entries if e.get("chance") is not None), None)
     if chance is None:
-        return "Chance: – (free-form answers: no fixed guessing rate)."
+        return "Chance: – (the rows record no choices: free-form answers have no fixed guessing rate)."
     return f"Chance: {chance:.3f} (a uniform guess among each item's choices)."
 
 
