@@ -120,6 +120,12 @@ def _cmd_report(args) -> None:
     report_cli(args)
 
 
+def _cmd_export(args) -> None:
+    from .harness.export import export_cli
+
+    export_cli(args)
+
+
 def _cmd_check(args) -> int:
     from .harness.check import check_results
 
@@ -221,6 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("experiment")
     p.add_argument("--out", default=None)
     p.set_defaults(fn=_cmd_report)
+
+    p = sub.add_parser("export", help="write an experiment's result rows as one flat table (CSV or Parquet)")
+    p.add_argument("experiment", help="experiment name or YAML path, or a results folder")
+    p.add_argument("--format", choices=["csv", "parquet"], default=None,
+                   help="table format (default: from --out's extension, else csv)")
+    p.add_argument("--out", default=None, help="output file (default <results folder>/results.<format>)")
+    p.add_argument("--results", default=None, help="the results folder (default results/<experiment>/)")
+    p.set_defaults(fn=_cmd_export)
 
     p = sub.add_parser("check", help="validate a results folder: unreadable lines, duplicates, rows that no longer match")
     p.add_argument("out", help="the results folder (holding results.jsonl)")

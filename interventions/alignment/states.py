@@ -39,12 +39,16 @@ def corpus_activations(model: LoadedModel, texts: list[str], batch_size: int = 3
     chunks = []
     # sort by length so batches carry little padding; restore the order afterwards
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    for start in tqdm(range(0, len(texts), batch_size), desc=f"corpus activations {model.name}"):
-        batch = model.encode([texts[i] for i in order[start:start + batch_size]])
-        last = torch.full((batch["input_ids"].shape[0], 1), batch["input_ids"].shape[1] - 1)
-        sites = [ResolvedSite(layer, "resid_post", last) for layer in range(model.n_layers)]
-        out = backend.forward(model, batch, captures=sites, stop_after_captures=True)
-        chunks.append(torch.cat(out.captures, dim=1).cpu())
+    # a one-time cost per (model, corpus) that can take many minutes on a CPU: show sentences and an ETA
+    with tqdm(total=len(texts), unit="sentence", desc=f"corpus activations of {model.name} (once; then cached)",
+              smoothing=0.1) as bar:
+        for start in range(0, len(texts), batch_size):
+            batch = model.encode([texts[i] for i in order[start:start + batch_size]])
+            last = torch.full((batch["input_ids"].shape[0], 1), batch["input_ids"].shape[1] - 1)
+            sites = [ResolvedSite(layer, "resid_post", last) for layer in range(model.n_layers)]
+            out = backend.forward(model, batch, captures=sites, stop_after_captures=True)
+            chunks.append(torch.cat(out.captures, dim=1).cpu())
+            bar.update(batch["input_ids"].shape[0])
     acts = torch.empty(len(texts), model.n_layers, model.d_model)
     acts[torch.tensor(order)] = torch.cat(chunks)
     save_tensors(acts, path)

@@ -16,10 +16,16 @@ def question_text(task: Task, item: TaskItem) -> str:
     return f"{item.question} {instruction}".strip() if instruction and instruction not in item.question else item.question
 
 
+def choice_context(item: TaskItem) -> str:
+    """What a choice task's choices continue: the benchmark's own zero-shot prompt where it has one
+    (oe-eval's), else lm-eval's "Question: …\nAnswer:". Sender and receiver both read it."""
+    return item.meta.get("prompt") or f"Question: {item.question}\nAnswer:"
+
+
 def answer_prompt(model: LoadedModel, task: Task, item: TaskItem, context: str = "", note: str = "") -> str:
     """The answering agent's prompt; ``context`` is private information, ``note`` a message/debate turn."""
     if task.scoring == "choice_loglik":
-        base = item.meta.get("prompt") or f"Question: {item.question}\nAnswer:"
+        base = choice_context(item)
         prefix = "\n".join(p for p in (context, note) if p)
         return f"{prefix}\n{base}" if prefix else base
     text = "\n".join(p for p in (context, note, question_text(task, item)) if p)
@@ -33,7 +39,7 @@ def sender_prompt(model: LoadedModel, task: Task, item: TaskItem, sender_format:
     ``chat`` wraps it in the chat template (its last token is then the assistant header).
     """
     text = item.context.rstrip(".") if task.info_split == "private_context" else (
-        item.meta.get("prompt") if task.scoring == "choice_loglik" and item.meta.get("prompt") else item.question)
+        choice_context(item) if task.scoring == "choice_loglik" else item.question)
     return model.format_prompt(text) if sender_format == "chat" else text
 
 

@@ -39,6 +39,7 @@ def summarize(rows: list[dict]) -> list[dict]:
             "models": {role: (m or {}).get("name") for role, m in (grp[0].get("models") or {}).items()},
             "n": n, "acc": sum(scores) / n, "ci_low": low, "ci_high": high,
             "acc_norm": mean_of(norms), "n_norm": len(norms),
+            "chance": mean_of([(r.get("params") or {}).get("chance") for r in grp]),
             "flops_per_item": mean_of([c.get("flops") for c in comps]),
             "tokens_per_item": sum(tokens_by_role.values()) if roles else None,
             "tokens_per_item_by_role": tokens_by_role,
@@ -117,7 +118,7 @@ def _summary_md(summary) -> list[str]:
     lines = []
     for task, entries in grouped(summary, lambda s: s["task"]).items():
         many_pairs = len({e["model_pair"] for e in entries}) > 1  # show models only when they differ
-        lines += [f"## {task}", ""]
+        lines += [f"## {task}", "", _chance_line(entries), ""]
         head = ["protocol"] + (["models"] if many_pairs else []) + [
             "n", "acc [95% CI]", "acc_norm", "FLOPs/item", "tokens/item", "wall s/item"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -129,6 +130,13 @@ def _summary_md(summary) -> list[str]:
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return lines
+
+
+def _chance_line(entries) -> str:
+    chance = next((e["chance"] for e in entries if e.get("chance") is not None), None)
+    if chance is None:
+        return "Chance: – (the rows record no choices: free-form answers have no fixed guessing rate)."
+    return f"Chance: {chance:.3f} (a uniform guess among each item's choices)."
 
 
 def _delta_cells(d: dict) -> str:

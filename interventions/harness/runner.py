@@ -152,8 +152,8 @@ def _execute(experiment, plan, backend, seed, progress):
 
 def _row(experiment, pair, models, task, protocol, item, outcome, seed) -> dict:
     params = protocol.params()
-    if task.scoring == "choice_loglik" and item.choices:
-        params["chance"] = 1 / len(item.choices)
+    if task.chance(item) is not None:
+        params["chance"] = task.chance(item)
     return {
         "key": work_key(protocol, weights(models), task.name, item.id, seed),
         "experiment": experiment.name, "task": task.name, "task_source": task.source, "item_id": item.id,

@@ -55,5 +55,9 @@ class Task:
     def answer_instruction(self) -> str:
         return ""
 
+    def chance(self, item: TaskItem) -> float | None:
+        """The expected score of a uniform guess among the item's choices; None for free-form answers."""
+        return 1 / len(item.choices) if item.choices else None
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} scoring={self.scoring} source={self.source!r}>"

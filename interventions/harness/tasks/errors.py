@@ -27,12 +27,26 @@ class TaskOptionError(InterventionError, ValueError):
     """A task's options are wrong: an unknown or missing option, a bad value, a missing file."""
 
 
-class DatasetFormatError(InterventionError, ValueError):
-    """A data file line is malformed; the message names file, 1-based line and field."""
+class DatasetReadError(TaskOptionError):
+    """``datasets`` could not read a file or dataset; ``reason`` is its innermost error, in one line."""
 
-    def __init__(self, path: str, line: int, field: str, problem: str):
+    def __init__(self, what: str, reason: str):
+        self.reason = reason
+        super().__init__(f"could not read {what}: {reason}")
+
+
+class DatasetFormatError(InterventionError, ValueError):
+    """A data file line (or row) is malformed; the message names file, 1-based line and field.
+
+    ``unit`` is "line" for line-based files (``file:3:``) and "row" for tables (``file: row 3:``);
+    ``role`` says what the field is mapped to when its name differs (``fields: {answer: a}``).
+    """
+
+    def __init__(self, path: str, line: int, field: str, problem: str, unit: str = "line", role: str = ""):
         self.path, self.line, self.field = str(path), line, field
-        super().__init__(f"{path}:{line}: field {field!r} {problem}")
+        where = f"{path}:{line}:" if unit == "line" else f"{path}: {unit} {line}:"
+        mapped = f" (the {role})" if role and role != field else ""
+        super().__init__(f"{where} field {field!r}{mapped} {problem}")
 
 
 class MissingDataPackageError(InterventionError, ImportError):

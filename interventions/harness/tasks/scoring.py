@@ -21,6 +21,11 @@ def extract_number(text: str) -> str | None:
     return "-0" + num[1:] if num.startswith("-.") else ("0" + num if num.startswith(".") else num)
 
 
+def is_number(text: str) -> bool:
+    """Is ``text`` one number and nothing else ("1,234", "-3.5")?"""
+    return _NUMBER.fullmatch(str(text).strip()) is not None
+
+
 def _to_float(s: str) -> float | None:
     try:
         return float(s.replace(",", "").strip())
