@@ -15,13 +15,13 @@ from tqdm.auto import tqdm
 from ..errors import CarrierMissingError, WeightHashMismatchError
 
 
-def package_dir(package: str, install_hint: str) -> Path:
-    """Directory of an installed package, or a CarrierMissingError with the install command."""
+def package_dir(package: str, model: str, install_hint: str) -> Path:
+    """Directory of an installed package, or a CarrierMissingError naming both install commands."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise CarrierMissingError(
-            f"the model-carrier package {package!r} is not installed. Install it with:\n"
-            f"    {install_hint}\n(or run `make install`, which installs every embedded model)"
+            f"the model-carrier package {package!r} of {model} is not installed. Install it with:\n"
+            f"    interventions models install {model}\n(which runs: {install_hint})"
         )
     return Path(list(spec.submodule_search_locations)[0])
 
