@@ -51,7 +51,7 @@ class ZooEntry:
         """The GGUF file: in place when one package carries it whole, else joined into work_dir."""
         if self.locate is not None:
             return self.locate(work_dir)
-        paths = [package_dir(package, self.name, self.install) / inside for package, inside in self.files]
+        paths = [package_dir(package, self.install, self.name) / inside for package, inside in self.files]
         if len(paths) == 1:
             return paths[0]
         target = work_dir / self.gguf_name
