@@ -75,3 +75,51 @@ def bench_overhead(model_name: str = "smollm2-135m", n_tokens: int = 128, repeat
         results[f"{name}_overhead_ratio"] = medians[name] / medians["plain"]
     results["n_tokens"] = int(batch["input_ids"].shape[1])
     return results
+
+
+def _peak_memory_child(model_name: str, backend: str, device: str, n_tokens: int, queue) -> None:
+    """In a fresh process: load, run one splice on ``backend``, report peak memory over the weights."""
+    import resource
+    import sys
+
+    import nnsight  # noqa: F401  the libraries count in the baseline, not in the ratio
+    import transformer_lens  # noqa: F401
+    from transformers import AutoTokenizer
+
+    from .models.cache import ensure_cached
+    from .models.zoo import ZOO
+
+    # so does a tokenizer (its libraries take ~120 MB whatever the model's size): the ratio is
+    # what the weights and one splice add
+    AutoTokenizer.from_pretrained(ensure_cached(ZOO[model_name])[0] if model_name in ZOO else model_name)
+
+    scale = 1 if sys.platform == "darwin" else 1024    # ru_maxrss: bytes on macOS, KiB on Linux
+    peak_rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale  # noqa: E731
+    cuda = device.startswith("cuda")
+    before = torch.cuda.memory_allocated() if cuda else peak_rss()
+    model = load_model(model_name, device=device, reuse=False)
+    weights = sum(t.numel() * t.element_size() for t in (*model.hf.parameters(), *model.hf.buffers()))
+    spec = Splice(source=Site("A", 8), target=Site("B", 8), combine="mean")
+    prompt = model.tokenizer.decode(_prompt_of(model, n_tokens)["input_ids"][0])
+    Session(model, backend).forward("B", {"A": [prompt], "B": [prompt]}, [spec])
+    after = torch.cuda.max_memory_allocated() if cuda else peak_rss()
+    queue.put({"backend": backend, "weights_bytes": weights, "peak_over_baseline_bytes": after - before,
+               "ratio": (after - before) / weights})
+
+
+def bench_memory(model_name: str = "smollm2-135m", device: str = "cpu", n_tokens: int = 128,
+                 backends=("torch", "transformer_lens", "nnsight")) -> list[dict]:
+    """Peak memory after loading a model and running one splice, ÷ the weights' size, per backend
+    (each in its own process, so one backend's memory never counts against another)."""
+    import multiprocessing
+
+    load_model(model_name, reuse=False)   # the cache exists before anything is measured
+    context = multiprocessing.get_context("spawn")
+    results = []
+    for backend in backends:
+        queue = context.Queue()
+        child = context.Process(target=_peak_memory_child, args=(model_name, backend, device, n_tokens, queue))
+        child.start()
+        results.append(queue.get())
+        child.join()
+    return results

@@ -67,6 +67,15 @@ def _cmd_bench(args) -> None:
         print(f"warm load {res['warm_load_s']:.2f} s")
         if "cold_load_s" in res:
             print(f"cold load {res['cold_load_s']:.2f} s (GGUF dequantize + cache write)")
+    elif args.what == "memory":
+        from .bench import bench_memory
+
+        results = bench_memory(args.model, device=args.device, n_tokens=args.tokens)
+        plain = results[0]["peak_over_baseline_bytes"]   # the torch backend: the model and a forward, no wrapper
+        for res in results:
+            print(f"{res['backend']:<17} peak memory {res['ratio']:.2f}x the weights "
+                  f"({res['peak_over_baseline_bytes'] / 2**20:.0f} MiB over {res['weights_bytes'] / 2**20:.0f} MiB; "
+                  f"{(res['peak_over_baseline_bytes'] - plain) / 2**20:+.0f} MiB against plain hooks)")
     elif args.what == "cipher":
         from .harness.bench import bench_cipher
 
@@ -195,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_demo)
 
     p = sub.add_parser("bench", help="benchmarks that print measured ratios")
-    p.add_argument("what", choices=["overhead", "harness", "cipher"])
+    p.add_argument("what", choices=["overhead", "memory", "harness", "cipher"])
+    p.add_argument("--device", default="cpu", help="overhead, memory: cpu, cuda, cuda:N or mps")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=15)
