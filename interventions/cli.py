@@ -225,6 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: the experiment's, else fp32)")
     p.add_argument("--wait", action="store_true", help="if another run holds --out, wait for it instead of refusing")
     p.add_argument("--verify", action="store_true", help="hash every cached file in full before use")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run the work on the Ray cluster at ADDRESS (HOST:PORT), or on a local Ray instance when no "
+                        "address is given; this process still writes every row (needs interventions[ray])")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="with --ray: worker processes, each loading the models once (default: one per node)")
     p.set_defaults(fn=_cmd_run)
 
     p = sub.add_parser("protocols", help="list every protocol kind with its fields, defaults and doc")

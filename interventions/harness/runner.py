@@ -2,8 +2,12 @@
 
 A work item is (model pair, task, item, protocol, seed). Its key hashes the protocol spec,
 the models' weight hashes, the task, the item id and the seed, so re-running skips finished
-items, and a killed run loses at most the batch in flight. One run writes a results folder at a
+items, and a killed run loses at most the batches in flight. One run writes a results folder at a
 time (``lock.py``); tasks and the output folder are checked before any model loads.
+
+Pending items are planned as ``WorkUnit``s, one batch of one (pair, task, protocol) each, and one
+``UnitRunner.run_unit`` turns a unit into rows, whether it runs here or on a Ray worker
+(``distributed.py``); only this process appends rows.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -66,11 +71,14 @@ def _check_roles(experiment: Experiment) -> None:
 
 def run_experiment(experiment: Experiment, out_dir: Path | None = None, limit: int | None = None,
                    seed: int | None = None, backend: str | None = None, progress: bool = True,
-                   wait: bool = False, device: str | None = None, dtype: str | None = None) -> list[dict]:
+                   wait: bool = False, device: str | None = None, dtype: str | None = None,
+                   ray: str | None = None, workers: int | None = None) -> list[dict]:
     """Run every missing work item into ``out_dir/results.jsonl``; return all rows (one per key).
 
-    ``device`` and ``dtype`` override the experiment's. Bad input fails before any model loads. Another run holding ``out_dir`` is refused (or waited
-    for, with ``wait``). Ctrl-C raises ``RunInterrupted`` once the rows finished so far are saved.
+    ``device`` and ``dtype`` override the experiment's. Bad input fails before any model loads. Another
+    run holding ``out_dir`` is refused (or waited for, with ``wait``). Ctrl-C raises ``RunInterrupted`` once the rows finished so far are saved.
+    ``ray`` sends the work units to a Ray cluster at that address ("local": a local instance),
+    ``workers`` worker processes; only this process writes rows, either way.
     """
     if limit is not None and limit < 1:
         raise InterventionError(f"--limit must be at least 1 item per task, got {limit}")
@@ -81,7 +89,8 @@ def run_experiment(experiment: Experiment, out_dir: Path | None = None, limit: i
                                                "dtype": dtype or experiment.dtype})
     placement(experiment.device, experiment.dtype)   # a device that is not here fails before any load
     _check_roles(experiment)
-    tasks = [(entry, get_task(entry.name, **entry.options)) for entry in experiment.tasks]
+    runner = UnitRunner(experiment, backend, seed, limit)
+    execute = _executor(ray, workers)
     with results_lock(out_dir, wait):
         path = out_dir / RESULTS_FILE
         repair(path)
@@ -90,64 +99,145 @@ def run_experiment(experiment: Experiment, out_dir: Path | None = None, limit: i
             print(f"[interventions] {path}: {found.problems()}; `interventions check {out_dir}` lists them",
                   file=sys.stderr)
         done = {row["key"] for row in found.rows}
-        plan = _plan(experiment, tasks, done, limit, seed)
-        total = len(done) + sum(len(p[-1]) for p in plan)
-        saved = 0
+        units = plan(runner, done)
+        pending = sum(len(unit) for unit in units)
+        total, saved = len(done) + pending, 0
         try:
-            for rows in _execute(experiment, plan, backend, seed, progress):
-                rows = [row for row in rows if row["key"] not in done]  # never write a key twice
-                done.update(row["key"] for row in rows)
-                append_rows(path, rows)
-                saved += len(rows)
+            with tqdm(total=pending, desc=experiment.name, unit="item",
+                      disable=not progress) as bar:  # closed however the run ends, so messages print after it
+                for unit, rows in execute(runner, units):
+                    _check_keys(unit, rows)
+                    rows = [row for row in rows if row["key"] not in done]  # never write a key twice
+                    done.update(row["key"] for row in rows)
+                    append_rows(path, rows)
+                    saved += len(rows)
+                    bar.set_postfix_str(runner.label(unit))
+                    bar.update(len(unit))
         except KeyboardInterrupt:
             raise RunInterrupted(saved, len(done), total, out_dir) from None
         return read_results(path).rows
 
 
+def _executor(ray: str | None, workers: int | None):
+    """The function that runs units and yields (unit, rows) as each finishes: here, or on Ray."""
+    if ray is None:
+        if workers is not None:
+            raise InterventionError("--workers sets the Ray worker count; add --ray (or leave out --workers)")
+        return run_serially
+    from .distributed import ray_executor
+
+    return ray_executor(ray, workers)  # checks the install and the address before any model loads
+
+
+def run_serially(runner: UnitRunner, units: list[WorkUnit]):
+    """The units one after another in this process, in plan order."""
+    for unit in units:
+        yield unit, runner.run_unit(unit)
+
+
+class WorkerMismatchError(InterventionError):
+    """A worker computed rows for other work items than the ones it was sent."""
+
+
+def _check_keys(unit: WorkUnit, rows: list[dict]) -> None:
+    """A worker whose models, tasks or code differ from the driver's would write rows no resume ever
+    finds; refuse them instead."""
+    got = tuple(row["key"] for row in rows)
+    if got != unit.keys:
+        raise WorkerMismatchError(
+            f"a worker returned rows for other work items than it was sent ({len(set(got) - set(unit.keys))} of "
+            f"{len(got)} keys differ): its models, task data or package differ from this machine's; install the "
+            "same versions on every worker")
+
+
 def load_pair(experiment: Experiment, pair: dict[str, str]) -> dict:
-    """The pair's models, placed as the experiment says."""
+    """The loaded models of one pair, role -> model, placed as the experiment says: the one place a run
+    loads models, here or on a worker."""
     return {role: load_model(name, device=experiment.device, dtype=experiment.dtype) for role, name in pair.items()}
 
 
-def _plan(experiment, tasks, done, limit, seed) -> list:
-    """(pair, models, task, all items, protocol, pending items) for every unfinished work item."""
-    plan = []
-    for pair in experiment.pairs:
-        models = load_pair(experiment, pair)
-        for entry, task in tasks:
-            n = entry.n if limit is None else min(entry.n or limit, limit)
-            items = task.items(n, seed)
-            for protocol in experiment.protocols:
+@dataclass(frozen=True)
+class WorkUnit:
+    """One batch of pending items of one (pair, task, protocol): what runs at once, in this process or on a
+    Ray worker. It names the pair, task and protocol by position in the experiment, so it pickles as a few
+    numbers and strings, never models."""
+
+    pair: int
+    task: int
+    protocol: int
+    item_ids: tuple[str, ...]
+    keys: tuple[str, ...]   # each item's work key, as planned
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+
+class UnitRunner:
+    """Runs the work units of one experiment. Each model is loaded once per process (``load_pair``); one
+    ``Session`` serves the current pair (its states, maps and completions serve every task) and one
+    ``Context`` the current (pair, task), so units in plan order reuse the sender and KV caches."""
+
+    def __init__(self, experiment: Experiment, backend: str, seed: int, limit: int | None):
+        self.experiment, self.backend, self.seed, self.limit = experiment, backend, seed, limit
+        self.tasks = [get_task(entry.name, **entry.options) for entry in experiment.tasks]
+        self._items: dict[int, list] = {}
+        self._session_key, self._session = None, None
+        self._ctx_key, self._ctx = None, None
+
+    def models(self, pair: int) -> dict:
+        return load_pair(self.experiment, self.experiment.pairs[pair])
+
+    def items(self, task: int) -> list:
+        """All items of a task in this run (also the partners of mismatched controls)."""
+        if task not in self._items:
+            entry = self.experiment.tasks[task]
+            n = entry.n if self.limit is None else min(entry.n or self.limit, self.limit)
+            self._items[task] = self.tasks[task].items(n, self.seed)
+        return self._items[task]
+
+    def label(self, unit: WorkUnit) -> str:
+        return f"{self.tasks[unit.task].name} {self.experiment.protocols[unit.protocol].name}"
+
+    def context(self, pair: int, task: int) -> Context:
+        if pair != self._session_key:
+            self._session_key, self._session = pair, Session(self.models(pair), self.backend)
+        if (pair, task) != self._ctx_key:
+            self._ctx_key = (pair, task)
+            self._ctx = Context(self._session, self.tasks[task], self.experiment.max_new_tokens, self.seed,
+                                self.items(task))
+        return self._ctx
+
+    def run_unit(self, unit: WorkUnit) -> list[dict]:
+        """The rows of one unit, in its item order."""
+        by_id = {item.id: item for item in self.items(unit.task)}
+        missing = [i for i in unit.item_ids if i not in by_id]
+        if missing:
+            raise WorkerMismatchError(f"items {missing[:3]} of task {self.tasks[unit.task].name} are not in this "
+                                      "process's copy of the task: install the same data packages everywhere")
+        batch = [by_id[i] for i in unit.item_ids]
+        protocol, ctx = self.experiment.protocols[unit.protocol], self.context(unit.pair, unit.task)
+        outcomes = protocol.run(ctx, batch)
+        return [_row(self.experiment, self.experiment.pairs[unit.pair], ctx.session.models, ctx.task, protocol, it,
+                     outcome, self.seed) for it, outcome in zip(batch, outcomes)]
+
+
+def plan(runner: UnitRunner, done: set[str]) -> list[WorkUnit]:
+    """Every unfinished work item, in batches of ``batch_size``, grouped by pair, task and protocol."""
+    experiment, units = runner.experiment, []
+    for p, pair in enumerate(experiment.pairs):
+        hashes = weights(runner.models(p))
+        for t, (entry, task) in enumerate(zip(experiment.tasks, runner.tasks)):
+            items = runner.items(t)
+            for k, protocol in enumerate(experiment.protocols):
                 limited_to = experiment.protocol_tasks.get(protocol)
                 if not protocol.applies_to(task, pair) or (limited_to and entry.name not in limited_to):
                     continue
-                pending = [it for it in items
-                           if work_key(protocol, weights(models), task.name, it.id, seed) not in done]
-                if pending:
-                    plan.append((pair, models, task, items, protocol, pending))
-    return plan
-
-
-def _execute(experiment, plan, backend, seed, progress):
-    """Yield the rows of each finished batch."""
-    session_key, session = None, None   # one session per pair: its states, maps and completions serve every task
-    ctx_key, ctx = None, None
-    with tqdm(total=sum(len(p[-1]) for p in plan), desc=f"{experiment.name}", unit="item",
-              disable=not progress) as bar:  # closed however the run ends, so messages print after it
-        for pair, models, task, items, protocol, pending in plan:
-            pair_key = tuple(sorted(pair.items()))
-            if pair_key != session_key:
-                session_key, session = pair_key, Session(models, backend)
-            if (pair_key, task.name) != ctx_key:
-                ctx_key = (pair_key, task.name)
-                ctx = Context(session, task, experiment.max_new_tokens, seed, items)
-            for start in range(0, len(pending), experiment.batch_size):
-                batch = pending[start:start + experiment.batch_size]
-                bar.set_postfix_str(f"{task.name} {protocol.name}")
-                outcomes = protocol.run(ctx, batch)
-                yield [_row(experiment, pair, models, task, protocol, it, outcome, seed)
-                       for it, outcome in zip(batch, outcomes)]
-                bar.update(len(batch))
+                keyed = [(it.id, work_key(protocol, hashes, task.name, it.id, runner.seed)) for it in items]
+                pending = [(i, key) for i, key in keyed if key not in done]
+                for start in range(0, len(pending), experiment.batch_size):
+                    batch = pending[start:start + experiment.batch_size]
+                    units.append(WorkUnit(p, t, k, tuple(i for i, _ in batch), tuple(key for _, key in batch)))
+    return units
 
 
 def _row(experiment, pair, models, task, protocol, item, outcome, seed) -> dict:
@@ -191,7 +281,8 @@ def report(experiment: Experiment, out_dir: Path | None = None) -> dict:
 def run_experiment_cli(args) -> None:
     experiment = load_experiment(args.experiment)
     rows = run_experiment(experiment, args.out, args.limit, args.seed, args.backend, wait=args.wait,
-                          device=args.device, dtype=args.dtype)
+                          device=args.device, dtype=args.dtype,
+                          ray=getattr(args, "ray", None), workers=getattr(args, "workers", None))
     report(experiment, args.out)
     out = Path(args.out) if args.out else default_out(experiment)
     print(f"\n{len(rows)} rows in {out / RESULTS_FILE}; report in {out / 'summary.md'}\n")
