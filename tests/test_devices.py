@@ -11,7 +11,7 @@ import torch
 from interventions import Session, Site, SoftTokens, Splice, Steer
 from interventions.backends import get_backend
 from interventions.backends.transformer_lens import bridge_for
-from interventions.harness.runner import model_record
+from interventions.harness.units import model_record
 from interventions.models import load_model
 from interventions.models.placement import PlacementError, placement
 from tiny_models import tiny_model

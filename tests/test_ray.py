@@ -18,7 +18,8 @@ import pytest
 
 from interventions.errors import InterventionError
 from interventions.harness.experiment import load_experiment
-from interventions.harness.runner import WorkerMismatchError, WorkUnit, _check_keys, run_experiment
+from interventions.harness.runner import run_experiment
+from interventions.harness.units import WorkerMismatchError, WorkUnit, check_keys
 from interventions.harness.store import read_rows
 
 from test_runner import write_experiment
@@ -178,9 +179,9 @@ def test_workers_without_ray_is_refused(tmp_path, tiny_dir):
 
 def test_rows_for_other_work_items_are_refused():
     unit = WorkUnit(pair=0, task=0, protocol=0, item_ids=("a", "b"), keys=("k1", "k2"))
-    _check_keys(unit, [{"key": "k1"}, {"key": "k2"}])
+    check_keys(unit, [{"key": "k1"}, {"key": "k2"}])
     with pytest.raises(WorkerMismatchError, match="1 of 2 keys differ.*same versions"):
-        _check_keys(unit, [{"key": "k1"}, {"key": "other"}])
+        check_keys(unit, [{"key": "k1"}, {"key": "other"}])
 
 
 PLUGIN = """

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -148,11 +147,11 @@ BAD_TASKS = {
 
 @pytest.mark.parametrize("case", sorted(BAD_TASKS))
 def test_bad_input_is_one_line_exit_2_before_any_model_loads(case, tmp_path, tiny_dir, monkeypatch, capsys):
-    import interventions.harness.runner as runner
+    import interventions.harness.units as units
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "ok.jsonl").write_text('{"question": "q", "answer": "a"}\n')
-    monkeypatch.setattr(runner, "load_model", lambda name: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(units, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     entry, message = BAD_TASKS[case]
     spec = write_experiment(tmp_path / "e.yaml", tiny_dir, tasks=[entry])
     assert cli.main(["run", str(spec), "--out", str(tmp_path / "out")]) == 2
@@ -170,9 +169,9 @@ def _exit_code(argv) -> int:
 
 @pytest.mark.parametrize("case", ["out is a file", "empty task list", "k not a layer", "limit 0"])
 def test_more_bad_inputs(case, tmp_path, tiny_dir, monkeypatch, capsys):
-    import interventions.harness.runner as runner
+    import interventions.harness.units as units
 
-    monkeypatch.setattr(runner, "load_model", lambda name: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(units, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     out, extra, overrides = tmp_path / "out", [], {}
     if case == "out is a file":
         out.write_text("")

@@ -20,7 +20,8 @@ from ..models.placement import weights_identity
 from ..models.cache import cache_problem, entry_cache_dir, loaded_sha256, read_marker
 from ..models.zoo import ZOO
 from .protocols import PROTOCOLS
-from .runner import RESULTS_FILE, work_key
+from .runner import RESULTS_FILE
+from .units import work_key
 from .lock import results_lock
 from .store import read_results, rewrite_clean
 

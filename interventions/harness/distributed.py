@@ -26,7 +26,7 @@ from ..errors import InterventionError
 from ..models.cache import CACHE_ENV
 from ..verified import VERIFY_ENV
 from .experiment import build_experiment
-from .runner import UnitRunner, WorkUnit
+from .units import UnitRunner, WorkUnit
 
 LOCAL = "local"                        # --ray without an address: start a Ray instance on this machine
 LOCAL_OBJECT_STORE_BYTES = 128 << 20   # results are small rows; Ray's default reserves 30% of memory
