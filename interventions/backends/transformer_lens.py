@@ -54,7 +54,10 @@ def _delegate_attention(shell: torch.nn.Module, attn_implementation: str) -> Non
     """Let every attention wrapper call the model's own attention (hook_in -> HF -> hook_out)."""
     from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
 
-    shell.set_attn_implementation(attn_implementation)
+    try:
+        shell.set_attn_implementation(attn_implementation)
+    except (AttributeError, ValueError):   # a model that refuses the switch keeps eager: slower, same numbers
+        pass
     for module in shell.modules():
         if isinstance(module, AttentionBridge) and type(module).forward is not AttentionBridge.forward:
             # object.__setattr__: the wrapper forwards ordinary attribute writes to the HF module
