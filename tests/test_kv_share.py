@@ -12,7 +12,7 @@ import torch
 import interventions as iv
 from interventions.harness.protocols.base import Context
 from interventions.harness.protocols.kv_share import KVShare
-from interventions.harness.prompts import answer_prompt
+from interventions.harness.prompts import answer_prompt, choice_context
 from interventions.harness.tasks import get_task
 from interventions.spec import KVTransferError
 from tiny_models import tiny_model
@@ -265,7 +265,8 @@ def test_kv_share_answers_as_the_reference_does(tmp_path, llama, scoring):
     outcomes = KVShare(layers="1..2").run(ctx, items)
     mismatched = KVShare(layers="1..2", control="mismatched").run(ctx, items)
     for item, outcome, other in zip(items, outcomes, mismatched):
-        s = ids_of(llama, item.question)                       # sender=raw: A reads the question
+        read = lambda it: choice_context(it) if scoring == "choice_loglik" else it.question  # noqa: E731
+        s = ids_of(llama, read(item))                          # sender=raw: A reads B's question text
         r = ids_of(llama, answer_prompt(llama, task, item))
         if scoring == "exact":
             expected = llama.tokenizer.decode(reference_greedy(llama.hf, s, r, 4, (0, 3)), skip_special_tokens=True)
@@ -277,7 +278,7 @@ def test_kv_share_answers_as_the_reference_does(tmp_path, llama, scoring):
         assert outcome.compute.tokens["A"] == len(s)
         partner = ctx.partner(item)
         assert other.extra["message_from"] == partner.id != item.id
-        assert other.compute.tokens["A"] == len(ids_of(llama, partner.question))
+        assert other.compute.tokens["A"] == len(ids_of(llama, read(partner)))
 
 
 def test_kv_share_refuses_other_architectures(tmp_path, llama):

@@ -7,6 +7,7 @@ down after it; the subprocess runs join it by its address, as a driver joins a r
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import socket
 import subprocess
@@ -54,11 +55,24 @@ def _comparable(rows: list[dict]) -> dict[str, dict]:
     return out
 
 
+def _close(x, y) -> bool:
+    """Equal, floats to a relative 1e-5, through nested dicts and lists."""
+    if isinstance(x, dict) and isinstance(y, dict):
+        return x.keys() == y.keys() and all(_close(x[k], y[k]) for k in x)
+    if isinstance(x, list) and isinstance(y, list):
+        return len(x) == len(y) and all(_close(u, v) for u, v in zip(x, y))
+    if isinstance(x, float) and isinstance(y, float):
+        return math.isclose(x, y, rel_tol=1e-5, abs_tol=1e-9) or (math.isnan(x) and math.isnan(y))
+    return x == y
+
+
 def _assert_same_rows(serial: list[dict], distributed: list[dict]) -> None:
     assert len({r["key"] for r in distributed}) == len(distributed)
     a, b = _comparable(serial), _comparable(distributed)
     assert a.keys() == b.keys()
-    differing = [key for key in a if a[key] != b[key]]
+    # diagnostics (e.g. a Mahalanobis distance near 6e7 on the random tiny model) are computed on clean
+    # states that a worker batches with other prompts than the serial run does: equal to float rounding
+    differing = [key for key in a if not _close(a[key], b[key])]
     assert not differing, (a[differing[0]], b[differing[0]])
 
 
