@@ -38,6 +38,7 @@ test-fast: install
 
 bench: install
 	$(BIN)/interventions bench overhead
+	$(BIN)/interventions bench memory
 	$(BIN)/interventions bench harness
 	$(BIN)/interventions bench cipher
 
