@@ -18,16 +18,19 @@ PROMPT_WORDS = ("The committee reviewed the proposal for the new library in deta
                 "to explain how the reading rooms, the archive and the children's section would share light. ")
 
 
-def _interleaved_medians(fns: dict, repeats: int, warmup: int = 2) -> dict:
-    """Median seconds per function, timed round-robin so drift on a shared machine hits all alike."""
+def _interleaved_medians(fns: dict, repeats: int, warmup: int = 2, sync=lambda: None) -> dict:
+    """Median seconds per function, timed round-robin so drift on a shared machine hits all alike;
+    ``sync`` waits for queued device work (CUDA runs asynchronously)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            sync()
             start = time.perf_counter()
             fn()
+            sync()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
@@ -38,8 +41,8 @@ def _prompt_of(model, n_tokens: int) -> dict:
 
 
 def bench_overhead(model_name: str = "smollm2-135m", n_tokens: int = 128, repeats: int = 15,
-                   backends=("transformer_lens", "nnsight"), cold: bool = True) -> dict:
-    """Forward with one splice ÷ plain HF forward, per backend; warm and cold load times."""
+                   backends=("transformer_lens", "nnsight"), cold: bool = True, device: str = "cpu") -> dict:
+    """Forward with one splice ÷ plain HF forward, per backend, on ``device``; warm and cold load times."""
     results = {}
     if cold:
         import os
@@ -56,9 +59,9 @@ def bench_overhead(model_name: str = "smollm2-135m", n_tokens: int = 128, repeat
                 os.environ[cache_module.CACHE_ENV] = old
     load_model(model_name, reuse=False)  # make sure the cache exists
     start = time.perf_counter()
-    model = load_model(model_name, reuse=False)
+    model = load_model(model_name, reuse=False, device=device)
     results["warm_load_s"] = time.perf_counter() - start
-    batch = _prompt_of(model, n_tokens)
+    batch = model.on_device(_prompt_of(model, n_tokens))
     spec = Splice(source=Site("A", 8), target=Site("B", 8), combine="mean")
     # the splice's edit, compiled once for this batch (A's state is captured here, not timed)
     program = Program(Session(model, "torch"), "B", {"A": [PROMPT_WORDS], "B": [PROMPT_WORDS]})
@@ -68,7 +71,8 @@ def bench_overhead(model_name: str = "smollm2-135m", n_tokens: int = 128, repeat
     for name in backends:
         fns[name] = lambda backend=get_backend(name): backend.forward(model, batch, edits=[edit])
     with torch.inference_mode():
-        medians = _interleaved_medians(fns, repeats)
+        medians = _interleaved_medians(fns, repeats, sync=torch.cuda.synchronize if model.device.type == "cuda"
+                                       else lambda: None)
     results["plain_hf_forward_s"] = medians["plain"]
     for name in backends:
         results[f"{name}_forward_s"] = medians[name]

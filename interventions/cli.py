@@ -59,7 +59,8 @@ def _cmd_bench(args) -> None:
     if args.what == "overhead":
         from .bench import bench_overhead
 
-        res = bench_overhead(args.model, n_tokens=args.tokens, repeats=args.repeats, cold=not args.no_cold)
+        res = bench_overhead(args.model, n_tokens=args.tokens, repeats=args.repeats, cold=not args.no_cold,
+                             device=args.device)
         for backend in ("transformer_lens", "nnsight"):
             print(f"{backend} overhead ratio {res[f'{backend}_overhead_ratio']:.2f}")
         print(f"plain HF forward {res['plain_hf_forward_s'] * 1000:.0f} ms over {res['n_tokens']} tokens "
