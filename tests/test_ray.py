@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import socket
 import subprocess
 import sys
@@ -21,9 +20,8 @@ from interventions.errors import InterventionError
 from interventions.harness.experiment import load_experiment
 from interventions.harness.runner import run_experiment
 from interventions.harness.units import WorkerMismatchError, WorkUnit, check_keys
-from interventions.harness.store import read_rows
 
-from test_runner import write_experiment
+from test_runner import kill_mid_run_and_resume, write_experiment
 
 ray = pytest.importorskip("ray")
 
@@ -95,23 +93,9 @@ def test_killed_distributed_run_resumes_without_loss_or_duplicates(cluster, tmp_
     out = tmp_path / "out"
     results = out / "results.jsonl"
     command = _cli(spec, "--out", out, "--ray", cluster, "--workers", 2)
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while time.time() < deadline and len(read_rows(results)) < 6 and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    partial = read_rows(results)
-    assert 6 <= len(partial) < 120, "the kill should land mid-run"
-    with open(results, "a") as handle:  # as if the kill tore a line in half
-        handle.write('{"key": "torn')
-    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    keys = [r["key"] for r in read_rows(results)]
-    assert len(keys) == 40 * 3 and len(set(keys)) == len(keys)
-    assert keys[:len(partial)] == [r["key"] for r in partial]  # finished work kept
+    rows = kill_mid_run_and_resume(command, results, total=40 * 3, wait_s=180)
     serial = run_experiment(load_experiment(str(spec)), tmp_path / "serial", progress=False)
-    _assert_same_rows(serial, read_rows(results))
+    _assert_same_rows(serial, rows)
 
 
 def _free_port() -> int:

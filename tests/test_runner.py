@@ -48,21 +48,29 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path, tiny_dir):
     out = tmp_path / "out"
     results = out / "results.jsonl"
     command = [sys.executable, "-m", "interventions.cli", "run", str(spec), "--out", str(out)]
+    kill_mid_run_and_resume(command, results, total=40 * 3)
+
+
+def kill_mid_run_and_resume(command: list, results: Path, total: int, wait_s: float = 120) -> list[dict]:
+    """SIGKILL ``command`` once it has written a few rows, tear its last line, run it again; check that
+    every key is written once and the rows finished before the kill are kept. Returns the rows."""
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and (not results.exists() or len(read_rows(results)) < 6):
+    deadline = time.time() + wait_s
+    while time.time() < deadline and len(read_rows(results)) < 6 and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     partial = read_rows(results)
-    assert 6 <= len(partial) < 120, "the kill should land mid-run"
+    assert 6 <= len(partial) < total, "the kill should land mid-run"
     with open(results, "a") as handle:  # as if the kill tore a line in half
         handle.write('{"key": "torn')
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
     rows = read_rows(results)
     keys = [r["key"] for r in rows]
-    assert len(keys) == 40 * 3 and len(set(keys)) == len(keys)
-    assert [r["key"] for r in rows[:len(partial)]] == [r["key"] for r in partial]  # finished work kept
+    assert len(keys) == total and len(set(keys)) == len(keys)
+    assert keys[:len(partial)] == [r["key"] for r in partial]  # finished work kept
+    return rows
 
 
 def test_typo_in_experiment_key_is_named(tmp_path, tiny_dir):
