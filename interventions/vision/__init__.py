@@ -1,1 +1,2 @@
-"""Vision: images with known content (scenes.py); encoders and vision-latent patching build on it."""
+"""Vision: images with known content (scenes.py), image loading (images.py), image encoders
+(encoders.py); vision-latent patching into text models builds on them."""
