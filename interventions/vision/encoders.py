@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable
 
 import torch
@@ -61,6 +62,17 @@ class ImageEncoder:
             raise EncoderError(f"{self.name}: layer {layer!r} out of range; valid: 0..{n - 1} "
                                f"(0 = embeddings, {n - 1} = last layer) or -{n}..-1")
         return layer % n
+
+    @cached_property
+    def flops_per_image(self) -> float:
+        """Measured once: the FLOPs of one image's forward (torch's FLOP counter, matmuls and convolutions)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        from .images import to_rgb
+        blank = to_rgb(torch.ones(3, 8, 8))
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            self.forward(self.pixels([blank]).to(self.device))
+        return float(counter.get_total_flops())
 
     def pixels(self, images) -> torch.Tensor:
         return pixels(images, self.image_size, self.mean, self.std)

@@ -15,7 +15,7 @@ from .registry import available_tasks, get_task, register_task
 from .scoring import choice_accuracy, exact_match, extract_number, normalize_answer, numeric_match
 
 # imported for their register_task side effects
-from . import countries, jsonl, mmlu, olmo, reasoning_gym_tasks, tip_sheets, user_data  # noqa: E402,F401  isort: skip
+from . import countries, easy_vqa, jsonl, mmlu, olmo, reasoning_gym_tasks, scenes, tip_sheets, user_data  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "Task", "TaskItem", "SCORINGS", "INFO_SPLITS",
