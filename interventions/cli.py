@@ -39,8 +39,16 @@ def _cmd_inspect(args) -> None:
 
 
 def _cmd_align(args) -> None:
+    if args.encoder:
+        from .vision.alignment import align_images_cli
+
+        return align_images_cli(args)
+    if len(args.models) != 2:
+        raise SystemExit(f"interventions align: give two models (A B), or --encoder ENC and language models; "
+                         f"got {len(args.models)}")
     from .alignment.survey import align_cli
 
+    args.model_a, args.model_b = args.models
     align_cli(args)
 
 
@@ -189,11 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS, default="torch")
     p.set_defaults(fn=_cmd_inspect)
 
-    p = sub.add_parser("align", help="every block pair of two models: similarity metrics and held-out fits of every map kind")
-    p.add_argument("model_a")
-    p.add_argument("model_b")
+    p = sub.add_parser("align", help="every block pair of two models: similarity metrics and held-out fits of every map "
+                                     "kind; with --encoder, mutual k-NN of an image encoder with language models")
+    p.add_argument("models", nargs="+", help="A B; or, with --encoder, one or more language models")
     p.add_argument("--out", required=True)
-    p.add_argument("--n", type=int, default=1000, help="corpus sentences per cell (the first n of the 3000-sentence map corpus)")
+    p.add_argument("--n", type=int, default=1000, help="corpus sentences per cell (the first n of the 3000-sentence "
+                                                        "map corpus); with --encoder, image-caption pairs")
+    p.add_argument("--encoder", default=None, help="an image encoder (dinov2-s, efficientnet-lite0, a HF id)")
+    p.add_argument("--pairs", default="scenes", help="with --encoder: image-caption pairs from scenes or easy_vqa")
     p.add_argument("--seed", type=int, default=0, help="picks the corpus and the held-out split")
     p.add_argument("--maps", default=None, help="comma-separated map kinds to fit (default: every fitted kind)")
     p.set_defaults(fn=_cmd_align)

@@ -258,3 +258,32 @@ def test_vision_protocols_skip_text_only_tasks_and_refuse_unknown_maps():
     assert protocol.applies_to(get_task("scenes/size"), {"B": "x"})
     with pytest.raises(Exception, match="Did you mean 'procrustes'"):
         PROTOCOLS.get("image_latent")(map="procrustse")
+
+
+# ------------------------------------------------------------------ cross-modal alignment
+
+def test_mutual_knn_alignment_matrix_against_hand_cases():
+    from interventions.vision.alignment import alignment_matrix
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(120, 16, generator=g)
+    rotated = x @ torch.linalg.qr(torch.randn(16, 16, generator=g))[0]       # same neighbours, other basis
+    unrelated = torch.randn(120, 8, generator=g)
+    scores = alignment_matrix([x, unrelated], [rotated, x * 3], k=10, quantile=1.0)
+    assert scores.shape == (2, 2)
+    torch.testing.assert_close(scores[0], torch.ones(2))
+    assert scores[1].max() < 0.25      # chance is 10 / 119
+
+
+def test_cross_modal_alignment_writes_heatmaps(scene_lm, tiny_encoder, tmp_path):
+    from interventions.vision.alignment import cross_modal_alignment, write_alignment
+
+    scenes = sc.generate(40, 11)
+    result = cross_modal_alignment(tiny_encoder, [scene_lm], [sc.render(s, 56) for s in scenes],
+                                   [caption_text(s, "full") for s in scenes], k=5)
+    matrix = result.scores[scene_lm.name]
+    assert matrix.shape == (2, 2) and ((matrix >= 0) & (matrix <= 1)).all()
+    assert result.chance == pytest.approx(5 / 39)
+    paths = write_alignment(result, tmp_path)
+    assert paths["json"].exists() and paths["size"].exists() and paths[scene_lm.name].exists()
+    assert "chance" in result.summary_lines()[0]
