@@ -287,3 +287,34 @@ def test_cross_modal_alignment_writes_heatmaps(scene_lm, tiny_encoder, tmp_path)
     paths = write_alignment(result, tmp_path)
     assert paths["json"].exists() and paths["size"].exists() and paths[scene_lm.name].exists()
     assert "chance" in result.summary_lines()[0]
+
+
+# ------------------------------------------------------------------ an experiment end to end
+
+def test_vision_experiment_runs_and_resumes(tmp_path, tiny_dir, tiny_encoder):
+    import json
+
+    from interventions.harness.experiment import load_experiment
+    from interventions.harness.runner import run_experiment
+
+    path = tmp_path / "d3.yaml"
+    path.write_text(json.dumps({
+        "name": "d3_tiny", "batch_size": 4, "pairs": [{"B": str(tiny_dir)}],
+        "tasks": [{"name": "scenes/count", "n": 4, "options": {"n_scenes": 30}}, {"name": "countries", "n": 2}],
+        "protocols": [{"kind": "silent"}, {"kind": "caption", "source": ["short", "full"]},
+                      {"kind": "image_latent", "encoder": TINY_ENCODER, "map": "linear", "fit_images": 60,
+                       "control": ["none", "random"]}]}))
+    rows = run_experiment(load_experiment(str(path)), tmp_path / "out", progress=False)
+    by_protocol = {}
+    for row in rows:
+        by_protocol.setdefault((row["task"], row["protocol"]), []).append(row)
+    # vision protocols answer the image task only; silent answers both
+    assert sorted(by_protocol) == sorted([("countries", "silent"), ("scenes/count", "silent"),
+                                          ("scenes/count", "caption_short"), ("scenes/count", "caption_full"),
+                                          ("scenes/count", "image_linear"), ("scenes/count", "image_linear_ctl-random")])
+    latent = by_protocol[("scenes/count", "image_linear")][0]
+    assert latent["extra"]["map"]["kind"] == "linear" and latent["compute"]["tokens"]["vision"] == 1
+    lines = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
+    again = run_experiment(load_experiment(str(path)), tmp_path / "out", progress=False)
+    assert len(again) == len(rows) == len(lines)
+    assert (tmp_path / "out" / "results.jsonl").read_text().splitlines() == lines     # resumed: nothing redone
