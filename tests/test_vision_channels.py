@@ -72,11 +72,10 @@ def tiny_encoder():
     torch.manual_seed(0)
     model = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                                      patch_size=14, image_size=56))
-    if TINY_ENCODER not in ENCODERS:
-        ENCODERS.register(TINY_ENCODER, EncoderEntry(
-            TINY_ENCODER, lambda device: wrap_hf(model, TINY_ENCODER, "d" * 64, 56, (0.5,) * 3, (0.5,) * 3),
-            lambda: "ready"))
-    return ENCODERS.get(TINY_ENCODER).load("cpu")
+    ENCODERS.register(TINY_ENCODER, EncoderEntry(
+        TINY_ENCODER, lambda device: wrap_hf(model, TINY_ENCODER, "d" * 64, 56, (0.5,) * 3, (0.5,) * 3)))
+    yield ENCODERS.get(TINY_ENCODER).load("cpu")
+    del ENCODERS[TINY_ENCODER]     # other tests list the named encoders
 
 
 # ------------------------------------------------------------------ tasks
