@@ -95,9 +95,10 @@ def caption_batch(model: LoadedModel, projector: Projector, latents: torch.Tenso
 def caption_loss(model: LoadedModel, projector: Projector, latents, caption_ids, head, cue) -> torch.Tensor:
     embeds, mask, spans = caption_batch(model, projector, latents, caption_ids, head, cue)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model.hf(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False).logits
-    width = logits.shape[1]
-    picked = torch.cat([logits[row, width - 1 - m:width - 1] for row, m in enumerate(spans)])
+    keep = max(spans) + 1       # only the positions that predict caption tokens go through the unembedding
+    logits = model.hf(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False,
+                      logits_to_keep=keep).logits
+    picked = torch.cat([logits[row, keep - 1 - m:keep - 1] for row, m in enumerate(spans)])
     targets = torch.cat([torch.tensor(ids, device=picked.device) for ids in caption_ids])
     return F.cross_entropy(picked.float(), targets)
 
@@ -111,7 +112,8 @@ def train_projector(model: LoadedModel, latents: torch.Tensor, captions: list[st
     ids = [model.tokenizer(" " + c.strip(), add_special_tokens=False)["input_ids"] for c in captions]
     order = list(range(len(ids)))
     random.Random(training.seed).shuffle(order)
-    held, train = order[:max(1, len(order) // 10)], order[max(1, len(order) // 10):]
+    n_held = min(32, max(1, len(order) // 10))     # a fixed held-out slice, judged every 25 steps
+    held, train = order[:n_held], order[n_held:]
     with torch.no_grad():
         head = model.embed(model.tokenizer(head_text)["input_ids"])
         cue = model.embed(model.tokenizer(CAPTION_CUE, add_special_tokens=False)["input_ids"])
