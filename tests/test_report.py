@@ -88,3 +88,13 @@ def test_heatmap_only_with_kj(tmp_path):
     assert heat == ["kj_heatmap_t1_ac_replace.png"]
     s = {e["protocol"]: e for e in summarize(make_rows(with_kj=True))}
     assert s["ac_replace_k2_j3"]["acc"] == pytest.approx(1.0) and s["ac_replace_k1_j1"]["acc"] == pytest.approx(0.25)
+
+
+def test_accuracy_grid_for_three_or_more_tasks(tmp_path):
+    rows = [row(p, i, float(i % 2 == 0 or p == "b"), task=t) for t in ("t1", "t2", "t3") for p in ("a", "b")
+            for i in range(4)]
+    write_report(rows, tmp_path, "grid")
+    grids = sorted(p.name for p in tmp_path.glob("accuracy_grid_*.png"))
+    assert len(grids) == 1 and f"![{grids[0][:-4]}]" in (tmp_path / "summary.md").read_text()
+    write_report([r for r in rows if r["task"] != "t3"], tmp_path / "two", "two tasks")
+    assert not list((tmp_path / "two").glob("accuracy_grid_*.png"))

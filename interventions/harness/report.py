@@ -231,6 +231,38 @@ def _plot_accuracy(plt, task, entries, out_dir) -> Path:
     return path
 
 
+def _plot_accuracy_grids(plt, summary, out_dir) -> list[Path]:
+    """Per model pair with three or more tasks: accuracy of every protocol on every task, one heatmap,
+    so a channel's profile across tasks (question kinds, say) reads at a glance."""
+    paths = []
+    for pair, entries in grouped(summary, lambda s: s["model_pair"]).items():
+        tasks = list(dict.fromkeys(e["task"] for e in entries))
+        protocols = list(dict.fromkeys(e["protocol"] for e in entries))
+        if len(tasks) < 3:
+            continue
+        cell = {(e["protocol"], e["task"]): e["acc"] for e in entries}
+        values = [[cell.get((p, t), math.nan) for t in tasks] for p in protocols]
+        fig, ax = plt.subplots(figsize=(1.0 * len(tasks) + 3.5, 0.38 * len(protocols) + 1.8))
+        image = ax.imshow(values, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        for i, row in enumerate(values):
+            for j, value in enumerate(row):
+                if not math.isnan(value):
+                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if value < 0.6 else "black")
+        ax.set_xticks(range(len(tasks)))
+        ax.set_xticklabels(tasks, rotation=35, ha="right", fontsize=8)
+        ax.set_yticks(range(len(protocols)))
+        ax.set_yticklabels(protocols, fontsize=8)
+        fig.colorbar(image, ax=ax, label="accuracy")
+        ax.set_title(f"accuracy by protocol and task: {pair}", fontsize=9)
+        fig.tight_layout()
+        path = out_dir / f"accuracy_grid_{slug(pair)}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
 def _plot_acc_vs_flops(plt, summary, out_dir) -> Path | None:
     tasks = grouped([s for s in summary if s["flops_per_item"]], lambda s: s["task"])
     if not tasks:
@@ -335,6 +367,7 @@ def write_report(rows: list[dict], out_dir, title: str, notes_md: str = "",
     plots = [_plot_accuracy(plt, task, entries, out_dir)
              for task, entries in grouped(summary, lambda s: s["task"]).items()]
     plots.append(_plot_acc_vs_flops(plt, summary, out_dir))
+    plots += _plot_accuracy_grids(plt, summary, out_dir)
     plots += _plot_sweep_heatmaps(plt, rows, out_dir)
     plots += plot_accuracy_vs_distance(plt, rows, out_dir)
     plots = [p for p in plots if p is not None]
