@@ -85,7 +85,7 @@ def splice_diagnostics(session, prompts: dict, splice, control: str = "none",
     sites = list(dict.fromkeys([splice.target, last]))
     with torch.inference_mode():
         # the message as the splice sends it: A's cached states, control and map applied, no forward
-        sent = splice.message(session.program(role, prompts, (), control))[:, -1].float()
+        sent = splice.sent(session.program(role, prompts, (), control))[:, -1].float()
         edited = session.capture(role, prompts, sites, [splice], control).captures
         clean = clean_states(session, role, list(prompts[role]))
         kl = kl_divergence(lens_logits(model, clean[:, -1]), lens_logits(model, edited[last][:, -1]))

@@ -160,13 +160,13 @@ class Program:
                                     f"give one per {self.role!r} prompt, or a single one that every row shares")
         return given
 
-    def given_message(self, name: str) -> list[torch.Tensor]:
+    def given_message(self, name: str, embedding: bool = True) -> list[torch.Tensor]:
         """Per row, the (n, d) vectors handed over as ``prompts[name]`` (one per row, or one shared),
-        in this model's input-embedding width; control applied, seeded by the row's prompt."""
+        in this model's input-embedding (or residual) width; control applied, seeded by the row's prompt."""
         given = self.per_row(name, "tensors", f"soft_tokens.message={name!r}: pass the vectors beside the prompts, "
                                               f"as prompts[{name!r}] (one (n, d) tensor per row); got {sorted(self.prompts)}")
         return [apply_control(self.control, self.check_width(torch.as_tensor(v), f"prompts[{name!r}]",
-                                                             embedding=True), prompt)
+                                                             embedding=embedding), prompt)
                 for v, prompt in zip(given, self.prompts[self.role])]
 
     def messages_from(self, vectors: torch.Tensor) -> list[torch.Tensor]:

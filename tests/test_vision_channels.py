@@ -238,6 +238,41 @@ def test_image_latent_equals_a_hand_built_embedding_sequence(scene_lm, tiny_enco
 
 
 @torch.no_grad()
+def test_image_latent_graft_equals_a_forward_hook_at_block_j(scene_lm, tiny_encoder):
+    task = get_task("scenes/size", n_scenes=80)
+    items = task.items(2)
+    protocol = PROTOCOLS.get("image_latent")(encoder=TINY_ENCODER, map="linear", fit_images=120, graft=0)
+    ctx = context_for(scene_lm, task, items)
+    outcomes = protocol.run(ctx, items)
+    vectors = protocol.mapping(ctx)(protocol.item_latents(ctx, items))
+    assert protocol.mapping(ctx).weight.shape[1] == scene_lm.d_model and outcomes[0].extra["map"]["r2_heldout"]
+    tok = scene_lm.tokenizer
+    filler = scene_lm.embed(tok(" .", add_special_tokens=False)["input_ids"][-1:] * 4)
+    marker = tok(MARKERS[0], add_special_tokens=False)["input_ids"]
+    for item, outcome, vec in zip(items, outcomes, vectors):
+        bos = tok("")["input_ids"]
+        prefix = torch.cat([scene_lm.embed(bos), scene_lm.embed(marker), filler,
+                            scene_lm.embed(tok(MARKERS[1], add_special_tokens=False)["input_ids"]),
+                            scene_lm.embed(tok(image_prompt(item), add_special_tokens=False)["input_ids"])])
+        first = len(bos) + len(marker)
+
+        def replace(module, args, output):       # the reference: a plain PyTorch forward hook on block 0
+            hidden = output[0] if isinstance(output, tuple) else output
+            hidden[:, first:first + 4] = vec
+            return output
+
+        handle = scene_lm.hf.model.layers[0].register_forward_hook(replace)
+        try:
+            expected = choice_logliks(scene_lm, prefix, item.choices)
+        finally:
+            handle.remove()
+        torch.testing.assert_close(torch.tensor(outcome.raw), torch.tensor(expected), atol=1e-4, rtol=1e-4)
+    assert protocol.name == "image_linear_graft0"
+    with pytest.raises(Exception, match="graft into block j through a fitted map"):
+        PROTOCOLS.get("image_latent")(map="projector", graft=3)
+
+
+@torch.no_grad()
 def test_caption_protocols_read_the_caption_they_name(scene_lm, tiny_encoder):
     task = get_task("scenes/position", n_scenes=80)
     items = task.items(4)

@@ -6,7 +6,9 @@ B reads ``Image: <description>`` before the question, where the description is
   on the encoder's latents (``interventions.vision.probes``) rendered through the task's template;
 - ``image_latent``: the encoder's latents (``layer``, ``pool``, ``k`` tokens) as soft tokens, through a
   training-free map fitted on image–caption pairs (``linear`` = ridge, ``procrustes``, or any fitted map
-  kind) or a trained LLaVA-style ``projector`` (``interventions.vision.projector``).
+  kind) or a trained LLaVA-style ``projector`` (``interventions.vision.projector``); or, with ``graft: j``,
+  spliced into B's residual stream after block j at k filler slots, through a map fitted to B's
+  states of the captions there.
 No image at all is ``silent``. Maps, probes and projectors fit on the task's ``fit_set``, never on
 evaluated images. Controls for latents: ``random`` (same norm), ``zero``, ``mismatched`` (another item's
 image); for captions: ``mismatched``.
@@ -17,11 +19,13 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from ...alignment import MAPS
 from ...compute import Compute
-from ...spec import SoftTokens
+from ...controls import apply_control
+from ...spec import Site, SoftTokens, Splice
+from ...spec.base import check_layer
 from ...vision.embedding_maps import fit_embedding_map
 from ...vision.encoders import ImageEncoder, load_encoder
 from ...vision.latents import ImageLatents, latents
@@ -160,7 +164,8 @@ class ImageLatent(VisionProtocol):
     lr: float = Field(1e-3, gt=0)
     hidden: PositiveInt = 1024
     checkpoint: str | None = None           # a saved projector to load instead of training
-    quiet_defaults = ("train_steps", "train_batch", "lr", "hidden", "checkpoint")
+    graft: int | str | None = None          # a block (or depth "50%"): splice into the residual stream there
+    quiet_defaults = ("train_steps", "train_batch", "lr", "hidden", "checkpoint", "graft")
 
     @field_validator("map")
     @classmethod
@@ -169,13 +174,22 @@ class ImageLatent(VisionProtocol):
             MAPS.get(value)        # unknown: names the registered kinds
         return value
 
+    @model_validator(mode="after")
+    def _graft_needs_a_fitted_map(self):
+        if self.graft is not None:
+            if self.map == "projector":
+                raise ValueError("graft: a projector makes input-embedding soft tokens; graft into block j "
+                                 "through a fitted map (map: linear, procrustes, ...)")
+            check_layer(self.graft)
+        return self
+
     @property
     def name(self) -> str:
-        return f"image_{self.map}{control_suffix(self.control)}"
+        return f"{self.family}{control_suffix(self.control)}"
 
     @property
     def family(self) -> str:
-        return f"image_{self.map}"
+        return f"image_{self.map}" + (f"_graft{self.graft}" if self.graft is not None else "")
 
     def mapping(self, ctx: Context):
         task, model = ctx.task, ctx.model("B")
@@ -184,8 +198,10 @@ class ImageLatent(VisionProtocol):
             return kept(("projector", model.tag, str(record), task.fit_key(self.fit_images), self.train_steps,
                          self.train_batch, self.lr, self.hidden, self.checkpoint), lambda: self.projector(task, model))
         what = f"{record['name']} layer {record['layer']} {self.pool}"
-        return kept(("map", self.map, model.tag, str(record), task.fit_key(self.fit_images)), lambda: fit_embedding_map(
-            self.map, self.fit_latents(task)[1], model, [ex.caption for ex in self.fit_latents(task)[0]], what))
+        block = None if self.graft is None else model.resolve_layer(self.graft)
+        return kept(("map", self.map, model.tag, str(record), task.fit_key(self.fit_images), block),
+                    lambda: fit_embedding_map(self.map, self.fit_latents(task)[1], model,
+                                              [ex.caption for ex in self.fit_latents(task)[0]], what, block=block))
 
     def projector(self, task: ImageTask, model):
         encoder = self.encoder_record()
@@ -211,10 +227,29 @@ class ImageLatent(VisionProtocol):
         model, mapping = ctx.model("B"), self.mapping(ctx)
         with torch.no_grad():
             vectors = mapping(self.item_latents(ctx, ctx.sources(items, self.control)))
-        soft = SoftTokens(model="B", message=MESSAGE, at=head_length(model, chat=False), markers=MARKERS)
+        start = head_length(model, chat=False)
         prompts = {"B": [image_prompt(it) for it in items], MESSAGE: list(vectors.float())}
-        outcomes = answer(ctx, "B", prompts, items, [soft], vector_control(self.control))
+        if self.graft is None:
+            specs = [SoftTokens(model="B", message=MESSAGE, at=start, markers=MARKERS)]
+            control = vector_control(self.control)
+        else:
+            specs, control = self.graft_specs(model, prompts, start), "none"
+        outcomes = answer(ctx, "B", prompts, items, specs, control)
         for outcome, cost in zip(outcomes, self.vision_cost(len(items))):
             outcome.compute.merge(cost)
             outcome.extra["map"] = mapping.describe()
         return outcomes
+
+    def graft_specs(self, model, prompts: dict, start: int) -> list:
+        """The image's k slots enter as copies of a filler embedding (" ."); at block ``graft`` their states
+        are replaced by the mapped latents. The control is applied here, to the latents only."""
+        filler_id = model.tokenizer(" .", add_special_tokens=False)["input_ids"][-1]
+        with torch.no_grad():
+            slots = model.embed([filler_id] * self.read.tokens).float().cpu()
+        prompts["slots"] = [slots]
+        prompts[MESSAGE] = [apply_control(vector_control(self.control), v, prompt)
+                            for v, prompt in zip(prompts[MESSAGE], prompts["B"])]
+        first = start + len(model.tokenizer(MARKERS[0], add_special_tokens=False)["input_ids"])
+        target = Site("B", self.graft, tuple(range(first, first + self.read.tokens)))
+        return [SoftTokens(model="B", message="slots", at=start, markers=MARKERS),
+                Splice(message=MESSAGE, target=target, combine="replace")]
