@@ -193,6 +193,3 @@ def encoder_table() -> list[dict]:
     """The named encoders and their state, for ``interventions models``."""
     return [{"name": name, "state": entry.status(), "installed": entry.installed(), "install": entry.install,
              "source": entry.source, "notes": entry.notes} for name, entry in ENCODERS.items()]
-
-
-from . import dinov2, efficientnet  # noqa: F401  the named encoders register themselves
