@@ -15,11 +15,13 @@ own with ``TransformerBridge.boot_transformers``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import types
 
 import torch
 
+from ..errors import InterventionError
 from ..models.families import STREAMS
 from ..models.loaded import LoadedModel
 from ..sites import Edit, ResolvedSite
@@ -64,6 +66,37 @@ def _delegate_attention(shell: torch.nn.Module, attn_implementation: str) -> Non
             object.__setattr__(module, "forward", types.MethodType(AttentionBridge.forward, module))
 
 
+class UnsupportedArchitectureError(InterventionError, ValueError):
+    pass
+
+
+def _refuse_unsupported(model: LoadedModel) -> None:
+    """A clear error when TransformerLens has no adapter for the model's architecture (its own lists them all)."""
+    from importlib.metadata import version
+
+    from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+
+    named = list(getattr(model.hf.config, "architectures", None) or [])
+    if named and not any(name in SUPPORTED_ARCHITECTURES for name in named):
+        raise UnsupportedArchitectureError(f"TransformerLens {version('transformer-lens')} has no bridge for "
+                                  f"{', '.join(named)} ({model.name}); run it with backend 'torch' or 'nnsight'")
+
+
+@contextlib.contextmanager
+def _no_processor_fetch():
+    """Booting a multimodal bridge fetches the model's processor from the hub by name and, when that fails,
+    pip-installs torchvision into the running environment. Inputs reach this backend processed already,
+    so the bridge gets no processor."""
+    from transformer_lens.model_bridge.sources.transformers import source
+
+    fetch = source.load_modality_processor
+    source.load_modality_processor = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        source.load_modality_processor = fetch
+
+
 def bridge_for(model: LoadedModel):
     """The TransformerBridge of ``model`` and the shell it runs (booted once, cached on the model)."""
     if "transformer_lens" not in model.wrappers:
@@ -71,7 +104,12 @@ def bridge_for(model: LoadedModel):
 
         attn_implementation = model.hf.config._attn_implementation
         shell = shared_shell(model.hf)
-        bridge = TransformerBridge.boot_transformers(model.name, hf_model=shell, tokenizer=model.tokenizer)
+        try:
+            with _no_processor_fetch():
+                bridge = TransformerBridge.boot_transformers(model.name, hf_model=shell, tokenizer=model.tokenizer)
+        except ValueError:
+            _refuse_unsupported(model)
+            raise
         _unwrap_unhooked(shell, _hook_owners(bridge, model))
         _delegate_attention(shell, attn_implementation)
         model.wrappers["transformer_lens"] = (bridge, shell)

@@ -100,7 +100,8 @@ def register_family(family: Family) -> Family:
     return FAMILIES.register(family.name, family)
 
 
-for _name in ("llama", "qwen2", "qwen3", "mistral", "phi3"):
+# qwen2_vl_text / qwen2_5_vl_text: the language models inside Qwen2-VL and Qwen2.5-VL (interventions.vision.vlm)
+for _name in ("llama", "qwen2", "qwen3", "mistral", "phi3", "qwen2_vl_text", "qwen2_5_vl_text"):
     register_family(Family(_name))
 for _name in ("gemma2", "gemma3_text"):
     register_family(Family(_name, streams=dict(SANDWICH_NORM), softcap="final_logit_softcapping"))

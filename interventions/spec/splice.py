@@ -70,6 +70,13 @@ class Splice(SpecKind):
         context = MergeContext.of(self, program) if self.source is not None else None
         combine = build_combine(self.combine, self.combine_args, context)
         where = describe_site(self.target, program.model)
+        site = program.resolve(self.target)
+        slots = program.mask.shape[1] if site.positions is None else site.positions.shape[1]
+        if acts.shape[1] not in (1, slots):   # one vector broadcasts; more must match position for position
+            what = f"prompts[{self.message!r}]" if self.message else "the source site"
+            raise SpecFormatError(f"splice: {what} sends {acts.shape[1]} vectors per row to {slots} target "
+                                  f"positions at {where}; give the target as many positions (e.g. position: "
+                                  f"[{-acts.shape[1]}, ..., -1]), or send one vector")
 
         def fn(target_acts):
             require_finite(target_acts, f"the target's state at {where}")
@@ -77,4 +84,4 @@ class Splice(SpecKind):
             merged = graft(combine, target_acts, acts if target_acts.shape[1] == acts.shape[1] else acts[:, -1:])
             return require_finite(merged, f"the state combine {self.combine!r} produced at {where}")
 
-        program.add_edit(Edit(program.resolve(self.target), fn, every_step=self.apply == "every_step"))
+        program.add_edit(Edit(site, fn, every_step=self.apply == "every_step"))
