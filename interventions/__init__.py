@@ -1,6 +1,6 @@
 """Latent communication between language models.
 
-Interventions are data (``Site``, ``Capture``, ``Splice``, ``Steer``, ``SoftTokens``, ``KVTransfer``); a ``Session``
+Interventions are data (``Site``, ``Capture``, ``Splice``, ``Steer``, ``SoftTokens``, ``KVTransfer``, ``Handoff``); a ``Session``
 executes any list of them on loaded models with the TransformerLens, nnsight or torch backend,
 and ``run`` is its one-call form.
 """
@@ -23,8 +23,9 @@ from .models import DEFAULT_MODEL, ZOO, LoadedModel, load_model, model_table, wr
 from .models.families import FAMILIES, Family, register_family
 from .registry import Registry
 from .session import Session, Step, greedy
-from .spec import (KINDS, SCHEMA_VERSION, Align, Capture, KVTransfer, Site, SoftTokens, SpecKind, Splice, Steer,
-                   from_dict, from_text, load_spec, register_kind, save_spec, to_dict, to_json, to_yaml)
+from .spec import (KINDS, SCHEMA_VERSION, Align, Capture, Handoff, KVTransfer, Site, SoftTokens, SpecKind, Splice,
+                   Steer, Trigger, from_dict, from_text, load_spec, register_kind, register_trigger, save_spec, to_dict,
+                   to_json, to_yaml)
 
 load = load_model
 
@@ -39,13 +40,15 @@ def __getattr__(name):
 
 __all__ = [
     "Align", "BACKENDS", "COMBINES", "CONTROLS", "Capture", "CarrierMissingError", "DEFAULT_MODEL",
-    "DuplicateNameError", "FAMILIES", "Family", "InterventionError", "KINDS", "KVTransfer", "LayerOutOfRangeError",
+    "DuplicateNameError", "FAMILIES", "Family", "Handoff", "InterventionError", "KINDS", "KVTransfer",
+    "LayerOutOfRangeError",
     "LinearMap",
     "LoadedModel", "MAPS", "Merge", "MissingRoleError", "PluginError", "PositionOutOfRangeError", "Protocol",
     "Registry", "Result", "SCHEMA_VERSION", "Session", "Site", "SoftTokens", "SpecFormatError", "SpecKind", "Splice",
-    "Steer", "Step", "UnknownBackendError", "UnknownCombineError", "UnknownModelError", "UnknownSiteError", "VocabularyMismatchError",
+    "Steer", "Step", "Trigger", "UnknownBackendError", "UnknownCombineError", "UnknownModelError", "UnknownSiteError", "VocabularyMismatchError",
     "WeightHashMismatchError", "WidthMismatchError", "ZOO", "capture", "fit_linear_map", "from_dict", "from_text",
     "get_backend", "greedy", "load", "load_model", "load_spec", "model_table", "protocol", "register_combine",
     "register_control", "register_family", "register_kind", "register_map", "register_protocol", "register_task",
+    "register_trigger",
     "run", "save_spec", "to_dict", "to_json", "to_yaml", "wrap_model",
 ]

@@ -74,7 +74,15 @@ def _cmd_demo(args) -> None:
         print(f"  {label:<34} -> {answer!r}")
 
 
+# defaults per benchmark where they differ: (tokens, repeats, items)
+BENCH_DEFAULTS = {"cascade": (64, 2, 8)}
+
+
 def _cmd_bench(args) -> None:
+    tokens, repeats, items = BENCH_DEFAULTS.get(args.what, (128, 15, 32))
+    args.tokens = tokens if args.tokens is None else args.tokens
+    args.repeats = repeats if args.repeats is None else args.repeats
+    args.items = items if args.items is None else args.items
     if args.what == "overhead":
         from .bench import bench_overhead
 
@@ -96,6 +104,10 @@ def _cmd_bench(args) -> None:
             print(f"{res['backend']:<17} peak memory {res['ratio']:.2f}x the weights "
                   f"({res['peak_over_baseline_bytes'] / 2**20:.0f} MiB over {res['weights_bytes'] / 2**20:.0f} MiB; "
                   f"{(res['peak_over_baseline_bytes'] - plain) / 2**20:+.0f} MiB against plain hooks)")
+    elif args.what == "cascade":
+        from .harness.bench import bench_cascade
+
+        bench_cascade(args.large, args.small, n_items=args.items, horizon=args.tokens, repeats=args.repeats)
     elif args.what == "cipher":
         from .harness.bench import bench_cipher
 
@@ -227,15 +239,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_demo)
 
     p = sub.add_parser("bench", help="benchmarks that print measured ratios")
-    p.add_argument("what", choices=["overhead", "memory", "harness", "cipher"])
+    p.add_argument("what", choices=["overhead", "memory", "harness", "cipher", "cascade"])
     p.add_argument("--device", default="cpu", help="overhead, memory: cpu, cuda, cuda:N or mps")
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--tokens", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--tokens", type=int, default=None, help="overhead, memory: prompt tokens (128); cascade: L's "
+                                                            "horizon (64)")
+    p.add_argument("--repeats", type=int, default=None, help="timing repeats (15; cascade 2)")
     p.add_argument("--no-cold", action="store_true", help="skip the cold (GGUF) load timing")
-    p.add_argument("--items", type=int, default=32)
+    p.add_argument("--items", type=int, default=None, help="harness: items (32); cascade: items (8)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--steps", type=int, default=32, help="cipher: decoding steps timed")
+    p.add_argument("--large", default="qwen2.5-coder-0.5b", help="cascade: L, the model that opens")
+    p.add_argument("--small", default="smollm2-135m", help="cascade: S, the model that finishes")
     p.set_defaults(fn=_cmd_bench)
 
     p = sub.add_parser("run", help="run an experiment from the catalog (name or YAML path); resumes")

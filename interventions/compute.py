@@ -104,14 +104,18 @@ def decode_flops_no_cache(shape: ModelShape, prompt_tokens: int, new_tokens: int
 
 @dataclass
 class Compute:
-    """Per-item cost: tokens processed per model role, analytic FLOPs, measured wall time."""
+    """Per-item cost: tokens processed and analytic FLOPs per model role, measured wall time."""
 
     tokens: dict[str, int] = field(default_factory=dict)
     flops: float = 0.0
     wall_s: float = 0.0
+    role_flops: dict[str, float] = field(default_factory=dict)   # how ``flops`` splits over the roles
 
-    def _count(self, role: str, n: int) -> None:
+    def charge(self, role: str, n: int, flops: float = 0.0) -> None:
+        """Count n tokens and their FLOPs to ``role``."""
         self.tokens[role] = self.tokens.get(role, 0) + int(n)
+        self.role_flops[role] = self.role_flops.get(role, 0.0) + float(flops)
+        self.flops += flops
 
     def add_prefill(self, role: str, shape: ModelShape, n_tokens: int, upto_layer: int | None = None,
                     include_unembed: bool | None = None) -> float:
@@ -119,15 +123,13 @@ class Compute:
         if include_unembed is None:
             include_unembed = upto_layer is None or upto_layer == shape.n_layers - 1
         f = prefill_flops(shape, n_tokens, upto_layer=upto_layer, include_unembed=include_unembed)
-        self._count(role, n_tokens)
-        self.flops += f
+        self.charge(role, n_tokens, f)
         return f
 
     def add_generation(self, role: str, shape: ModelShape, prompt_tokens: int, new_tokens: int) -> float:
         """Charge a KV-cached generation; tokens counts prompt + generated tokens."""
         f = decode_flops(shape, prompt_tokens, new_tokens)
-        self._count(role, prompt_tokens + new_tokens)
-        self.flops += f
+        self.charge(role, prompt_tokens + new_tokens, f)
         return f
 
     @contextmanager
@@ -142,15 +144,21 @@ class Compute:
     def merge(self, other: "Compute") -> "Compute":
         """Add ``other`` into this one (in place) and return self, for chaining."""
         for role, n in other.tokens.items():
-            self._count(role, n)
-        self.flops += other.flops
+            self.charge(role, n, other.role_flops.get(role, 0.0))
+        self.flops += other.flops - sum(other.role_flops.get(role, 0.0) for role in other.tokens)
         self.wall_s += other.wall_s
         return self
 
+    def charged_again(self, wall_s: float) -> "Compute":
+        """The same tokens and FLOPs with another wall time (work reused from an earlier row costs none)."""
+        return Compute(dict(self.tokens), self.flops, wall_s, dict(self.role_flops))
+
     def to_dict(self) -> dict:
-        return {"tokens": dict(self.tokens), "flops": float(self.flops), "wall_s": float(self.wall_s)}
+        return {"tokens": dict(self.tokens), "flops": float(self.flops), "wall_s": float(self.wall_s),
+                "role_flops": dict(self.role_flops)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Compute":
         return cls(tokens={k: int(v) for k, v in d.get("tokens", {}).items()},
-                   flops=float(d.get("flops", 0.0)), wall_s=float(d.get("wall_s", 0.0)))
+                   flops=float(d.get("flops", 0.0)), wall_s=float(d.get("wall_s", 0.0)),
+                   role_flops={k: float(v) for k, v in d.get("role_flops", {}).items()})

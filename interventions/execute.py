@@ -22,6 +22,7 @@ class Result:
     texts: list[str] | None = None
     maps: list = field(default_factory=list)    # the maps a splice went through (fit, fingerprint)
     compute: list = field(default_factory=list)  # per prompt: tokens, FLOPs, wall time
+    notes: list = field(default_factory=list)    # per prompt: what the interventions recorded (a handoff's trace)
 
     @property
     def linear_map(self):
@@ -60,7 +61,7 @@ def run(spec, models, prompts, backend=DEFAULT_BACKEND, max_new_tokens: int | No
                 raise InterventionError(f"capture from the generating model {role!r} in a separate run without "
                                         "max_new_tokens (a capture reads the prompt's forward pass)")
             out = session.generate(role, prompts, specs, max_new_tokens, control, **generation)
-            result.new_tokens, result.texts = out.ids, out.texts
+            result.new_tokens, result.texts, result.notes = out.ids, out.texts, out.notes
         else:
             out = session.forward(role, prompts, specs, control)
             result.captures.update(out.captures)

@@ -37,8 +37,7 @@ def metered(session):
                 embeds = kwargs.get("inputs_embeds")
                 rows, new = (ids.shape if ids is not None else embeds.shape[:2])
                 past = _length(kwargs.get("past_key_values"))
-                total.tokens[role] = total.tokens.get(role, 0) + rows * new
-                total.flops += rows * prefill_flops(shape, new, past_tokens=past)
+                total.charge(role, rows * new, rows * prefill_flops(shape, new, past_tokens=past))
 
             handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
     try:

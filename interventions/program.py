@@ -41,6 +41,10 @@ class Program:
         self.charges = [Compute() for _ in range(self.rows)]
         self.maps: list = []               # the maps the specs went through (each can describe() itself)
         self.prefix = None                 # a KVPrefix (spec/kv_transfer.py) when the model reads another's cache
+        # a handoff (spec/handoff.py): another model wrote the start of each row's answer
+        self.written = [""] * self.rows    # per row: the text before what this model generates
+        self.settled: dict[int, str] = {}  # rows whose answer was complete before this model runs
+        self.notes = [{} for _ in range(self.rows)]   # per row: what the specs record (entropy traces, ...)
 
     @property
     def rows(self) -> int:
@@ -200,6 +204,13 @@ class Program:
                 f"{self.model.d_model}. Give {self.model.d_model}-wide vectors, or take them from a source site "
                 "with align: {kind: linear} to fit a map.")
         return vectors
+
+    def extend_prompts(self, texts: list[str]) -> None:
+        """Row r's prompt becomes ``prompts[role][r] + texts[r]``, re-tokenized with this model's tokenizer."""
+        if "inputs_embeds" in self.batch:
+            raise InterventionError("text cannot follow input embeddings: put the spec that extends the prompt "
+                                    "text first (a handoff's phase is 0)")
+        self.batch = self.model.encode([p + t for p, t in zip(self.prompts[self.role], texts)])
 
     def insert_embeddings(self, rows: list[torch.Tensor], at, markers: tuple[str, str]) -> None:
         """Place ``rows[r]`` (n_r, d) into row r's input embeddings before token ``at`` (or at the

@@ -49,6 +49,7 @@ class Generation:
     new_tokens: list[int]                 # up to and including end-of-sequence
     compute: list[Compute]
     maps: list = field(default_factory=list)   # maps the interventions went through (describe())
+    notes: list = field(default_factory=list)  # per row: what the interventions recorded (e.g. a handoff's)
 
 
 @dataclass
@@ -75,6 +76,20 @@ class Decoded(Generation):
     logits: torch.Tensor | None = None    # (rows, steps, vocab), when keep_logits
     hidden: torch.Tensor | None = None    # (rows, steps, d), when the policy needs hidden states
     cache: object = None                  # the KV cache after the last fed step
+
+
+@dataclass
+class Lead:
+    """What a model wrote alone from one prompt, greedily, up to a horizon: kept, so that a handoff at
+    any step is a slice of it (a sweep over handoff points decodes the prompt once)."""
+
+    ids: torch.Tensor           # (m,) the tokens, up to and including end-of-sequence
+    entropy: list[float]        # (m,) per step: the entropy (nats) of the distribution each token came from
+    logprob: list[float]        # (m,) per step: the log-probability of the token chosen
+    hidden: torch.Tensor        # (m, d) per step: the last hidden state (after the final norm) that chose it
+    finished: bool              # it ended with end-of-sequence within the horizon
+    prompt_tokens: int
+    wall_s: float               # the decode's wall time, this prompt's share
 
 
 Policy = Callable[[Step], torch.Tensor]   # returns token ids (rows,) or input embeddings (rows, d)
@@ -112,6 +127,8 @@ def tokens_until_eos(row: torch.Tensor, eos: int | None) -> int:
 
 
 KV_CACHE_BYTES = 1 << 30   # sender caches kept per session (least recently used dropped first)
+LEAD_BYTES = 1 << 31       # kept generations' hidden states, per process: sessions of other pairs reuse them
+_LEADS: OrderedDict = OrderedDict()
 
 
 class Session:
@@ -204,6 +221,39 @@ class Session:
             costs.append(cost)
         return [(k, v) for k, v, _ in found], costs
 
+    def leads(self, role: str, prompts: list[str], horizon: int) -> list[Lead]:
+        """``role``'s greedy generation from each prompt, up to ``horizon`` tokens, with its entropy trace
+        and hidden states; decoded once per prompt (in one batch for those missing) and kept for the
+        process (up to ``LEAD_BYTES``), so another pair with the same model reuses them. Nothing is
+        charged here: a handoff charges each row the part it uses."""
+        model = self.model(role)
+        keys = [(model.identity, self.backend.name, p, horizon) for p in prompts]
+
+        def read(missing):
+            chosen = []
+
+            def policy(step):
+                logprobs = torch.log_softmax(step.logits, -1).max(-1)
+                chosen.append(logprobs.values.cpu())
+                return logprobs.indices
+
+            start = time.perf_counter()
+            out = self.decode(role, [k[2] for k in missing], max_new_tokens=horizon, policy=policy, needs_hidden=True)
+            wall = (time.perf_counter() - start) / len(missing)
+            logprob = torch.stack(chosen, 1)
+            return {key: Lead(out.ids[r, :n].cpu(), out.entropy[r, :n].tolist(), logprob[r, :n].tolist(),
+                              out.hidden[r, :n].float().cpu(),
+                              n < out.ids.shape[1] or bool(out.ids[r, n - 1] == model.tokenizer.eos_token_id),
+                              out.prompt_tokens[r], wall)
+                    for r, (key, n) in enumerate(zip(missing, out.new_tokens))}
+
+        found = self._once(_LEADS, keys, read)[0]
+        for key in keys:
+            _LEADS.move_to_end(key)
+        while len(_LEADS) > 1 and sum(lead.hidden.nbytes for lead in _LEADS.values()) > LEAD_BYTES:
+            _LEADS.popitem(last=False)
+        return found
+
     @staticmethod
     def _once(store: dict, keys: list, read) -> tuple[list, list[float]]:
         """The stored value of every key, ``read`` in one batch for those missing; and each key's share
@@ -272,7 +322,10 @@ class Session:
         start = time.perf_counter()
         if seed is not None:
             torch.manual_seed(seed)
-        ids = self.backend.generate(model, program.batch, program.edits, max_new_tokens, **sampling)
+        if len(program.settled) == program.rows:   # e.g. a handoff that never happened: nothing to write
+            ids = torch.zeros(program.rows, 0, dtype=torch.long)
+        else:
+            ids = self.backend.generate(model, program.batch, program.edits, max_new_tokens, **sampling)
         elapsed = time.perf_counter() - start
         return self._generation(Generation, program, ids, elapsed)
 
@@ -281,11 +334,12 @@ class Session:
         model, role = program.model, program.role
         prompt_tokens = program.mask.sum(1).tolist()
         eos = model.tokenizer.eos_token_id if stop_at_eos else None
-        new = [tokens_until_eos(row, eos) for row in ids]
-        compute = self._charged(program, elapsed, lambda row, c: c.add_generation(
+        new = [0 if row in program.settled else tokens_until_eos(ids[row], eos) for row in range(program.rows)]
+        compute = self._charged(program, elapsed, lambda row, c: row in program.settled or c.add_generation(
             role, self.shape(role), prompt_tokens[row], new[row]))
-        texts = model.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        return cls(texts, ids, prompt_tokens, new, compute, program.maps, **extra)
+        texts = [program.settled.get(row, written + text) for row, (written, text) in
+                 enumerate(zip(program.written, model.tokenizer.batch_decode(ids, skip_special_tokens=True)))]
+        return cls(texts, ids, prompt_tokens, new, compute, program.maps, program.notes, **extra)
 
     @torch.inference_mode()
     def loglikelihood(self, role: str, prompts, choices: list[tuple[str, ...]], interventions=(),

@@ -45,8 +45,11 @@ def test_compute_accumulates_and_merges():
     with c.timed():
         pass
     out = c.to_dict()
-    assert set(out) == {"tokens", "flops", "wall_s"} and out["wall_s"] >= 0.5
+    assert set(out) == {"tokens", "flops", "wall_s", "role_flops"} and out["wall_s"] >= 0.5
     assert Compute.from_dict(out) == c
+    # the FLOPs split over the roles; flops merged in without a role stay in the total only
+    assert c.role_flops == {"A": f1, "B": f2} and c.flops == f1 + f2 + 1.0
+    assert Compute.from_dict({"tokens": {"A": 1}, "flops": 2.0}).role_flops == {}   # rows written before the split
 
 
 @pytest.mark.parametrize("tied", [False, True])

@@ -9,8 +9,10 @@ least-squares solution of W_out W_a ≈ W_in, one equation per token:
 and every mapped vector is rescaled to the mean row norm of W_in, so fed-back thoughts have the
 length of an ordinary token embedding. With tied embeddings (W_out = W_in) W_a is close to the
 identity and only the rescale remains. W_out may come from one model and W_in from another when the
-two share a vocabulary: the map then crosses widths through the tokens. Nothing is fitted on a
-corpus, so the map is computed once per (source, target) weights and kept.
+two share a vocabulary: the map then crosses widths through the tokens. Across vocabularies
+(``through="strings"``) the equations are the tokens whose text is one token in both vocabularies,
+each source token paired with the target token of the same text. Nothing is fitted on a corpus, so
+the map is computed once per (source, target) weights and kept.
 
 As a registered map kind (``Align("hidden_to_embedding")``) it reads the last block's residual and
 applies the source's final norm first, since that is what the LM head reads.
@@ -61,6 +63,23 @@ def realign_weight(output_weight: torch.Tensor, input_weight: torch.Tensor, ridg
     return torch.linalg.solve(gram, (w_out.T @ w_in).double()).float()
 
 
+def matched_tokens(source: LoadedModel, target: LoadedModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids of the tokens whose decoded text is a single token in both vocabularies: (source ids, target
+    ids), pair by pair. Texts that several ids of one vocabulary decode to are left out."""
+    def by_text(model: LoadedModel) -> dict[str, int]:
+        rows = model.adapter.embedding(model.hf).weight.shape[0]
+        size = min(rows, len(model.tokenizer))
+        texts = model.tokenizer.batch_decode([[i] for i in range(size)])
+        seen: dict[str, int] = {}
+        for i, text in enumerate(texts):
+            seen[text] = -1 if text in seen else i      # ambiguous texts are dropped
+        return {t: i for t, i in seen.items() if i >= 0 and t.strip()}
+
+    ours, theirs = by_text(source), by_text(target)
+    shared = sorted(set(ours) & set(theirs))
+    return torch.tensor([ours[t] for t in shared]), torch.tensor([theirs[t] for t in shared])
+
+
 def check_shared_vocabulary(source: LoadedModel, target: LoadedModel) -> None:
     if not source.shares_vocabulary(target):
         raise VocabularyMismatchError(
@@ -72,22 +91,29 @@ _CACHE: dict = {}
 
 
 def hidden_to_embedding(source: LoadedModel, target: LoadedModel | None = None,
-                        identity: bool = False) -> HiddenToEmbedding:
+                        identity: bool = False, through: str = "ids") -> HiddenToEmbedding:
     """The map from ``source``'s last hidden state (after its final norm) to ``target``'s input
     embeddings (``source``'s own by default), computed once per weights. ``identity``: no
-    realignment, only the rescale (LatentMAS's ablation; same width only)."""
+    realignment, only the rescale (LatentMAS's ablation; same width only). ``through``: "ids" (one
+    shared vocabulary) or "strings" (tokens matched by their text, across vocabularies)."""
     target = target or source
-    key = (source.identity, target.identity, identity)
+    key = (source.identity, target.identity, identity, through)
     if key not in _CACHE:
-        check_shared_vocabulary(source, target)
         w_in = input_embedding_table(target)
+        w_out = source.hf.get_output_embeddings().weight.detach()
+        if through == "strings":
+            ours, theirs = matched_tokens(source, target)
+            w_out, w_in_rows = w_out[ours], w_in[theirs]
+        else:
+            check_shared_vocabulary(source, target)
+            w_in_rows = w_in
         if identity:
             if source.d_model != target.d_model:
                 raise WidthMismatchError(f"hidden_to_embedding without realignment needs one width, but "
                                               f"{source.name} has {source.d_model} and {target.name} {target.d_model}")
             weight = torch.eye(source.d_model)
         else:
-            weight = realign_weight(source.hf.get_output_embeddings().weight.detach(), w_in)
+            weight = realign_weight(w_out, w_in_rows)
         _CACHE[key] = HiddenToEmbedding(weight, float(torch.linalg.vector_norm(w_in, dim=-1).mean()))
     return _CACHE[key]
 

@@ -99,3 +99,53 @@ def bench_cipher(model_name: str = "smollm2-135m", batch_size: int = 8, steps: i
           f"{medians['generate']:.2f} s, cipher {medians['cipher']:.2f} s ({lengths['cipher']} steps), "
           f"greedy decode {medians['decode']:.2f} s ({lengths['decode']} steps)")
     return {"ratio": ratio, "decode_ratio": per_step["decode"] / per_step["generate"], **medians}
+
+
+def bench_cascade(large: str = "qwen2.5-coder-0.5b", small: str = "smollm2-135m", n_items: int = 8,
+                  horizon: int = 64, ns=(0, 8, 16, 32, 64, "all"), task_name: str = "gsm8k", repeats: int = 2) -> dict:
+    """The reverse cascade's sweep over n (text handoff) on ``n_items`` items, against what it must cost
+    at least: one L generation to the largest n plus the S continuations, run by hand on the same
+    items (L decoded once; S given its prompt and L's first n tokens as text). Interleaved, best of
+    ``repeats``."""
+    from .protocols.cascade import ReverseCascade
+
+    models = {"A": load_model(large), "B": load_model(small)}
+    task = get_task(task_name)
+    items = task.items(n_items, 0)
+    prompts = {role: [answer_prompt(models[role], task, it) for it in items] for role in models}
+    torch.set_grad_enabled(False)
+    parts = {}
+
+    def sweep():
+        ctx = Context(Session(models, "torch"), task, horizon, pool=items)
+        for n in ns:
+            ReverseCascade(n=n).run(ctx, items)
+
+    def by_hand():
+        session = Session(models, "torch")
+        start = time.perf_counter()
+        lead = session.decode("A", prompts["A"], max_new_tokens=horizon)
+        parts["L"] = time.perf_counter() - start
+        tokenizer = models["A"].tokenizer
+        for n in ns:
+            if n == "all":      # L's answer stands: S writes nothing
+                continue
+            handed = [tokenizer.decode(ids[:min(n, count)], skip_special_tokens=True)
+                      for ids, count in zip(lead.ids, lead.new_tokens)]
+            session.generate("B", [p + h for p, h in zip(prompts["B"], handed)], max_new_tokens=horizon)
+        parts["S"] = time.perf_counter() - start - parts["L"]
+
+    sweep()     # warm-up: first calls pay one-off costs
+    sweeps, references = [], []
+    for _ in range(repeats):
+        references.append(_seconds(by_hand))
+        sweeps.append(_seconds(sweep))
+    sweep_s, reference_s = min(sweeps), min(references)
+    ratio = sweep_s / reference_s
+    regenerating = len([n for n in ns if n != "all"]) * parts["L"] + parts["S"]
+    print(f"cascade sweep cost ratio {ratio:.2f} (target <= 1.2)")
+    print(f"sweep over n = {', '.join(map(str, ns))} on {n_items} {task_name} items, horizon {horizon}, "
+          f"L {large}, S {small}: {sweep_s:.1f} s; one L generation + the S continuations {reference_s:.1f} s "
+          f"(L {parts['L']:.1f} s, S {parts['S']:.1f} s); regenerating L's start for every n would take about "
+          f"{regenerating:.1f} s ({regenerating / reference_s:.1f}x)")
+    return {"ratio": ratio, "sweep_s": sweep_s, "reference_s": reference_s}

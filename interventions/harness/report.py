@@ -7,6 +7,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+from .cascade_report import cascade_md, cascade_plots
 from .analysis import (manifold_correlations, manifold_md, plot_accuracy_vs_distance, reference_differences,
                        reference_md)
 from .rows import grouped, mean_of, model_pair, paired, slug
@@ -370,6 +371,7 @@ def write_report(rows: list[dict], out_dir, title: str, notes_md: str = "",
     plots += _plot_accuracy_grids(plt, summary, out_dir)
     plots += _plot_sweep_heatmaps(plt, rows, out_dir)
     plots += plot_accuracy_vs_distance(plt, rows, out_dir)
+    plots += cascade_plots(plt, rows, out_dir)
     plots = [p for p in plots if p is not None]
 
     md = [f"# {title}", "", f"{len(rows)} result rows. Accuracy is the mean score; CIs are Wilson 95%. "
@@ -377,7 +379,7 @@ def write_report(rows: list[dict], out_dir, title: str, notes_md: str = "",
     if data_note:  # the reader skipped lines of results.jsonl: say so where the numbers are
         md += [f"**Reading results.jsonl:** {data_note}; `interventions check` lists them.", ""]
     md += _summary_md(summary) + _paired_md(diffs) + _controls_md(controls)
-    md += reference_md(versus_reference) + manifold_md(correlations)
+    md += reference_md(versus_reference) + manifold_md(correlations) + cascade_md(rows)
     md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     if notes_md:
         md += [notes_md]

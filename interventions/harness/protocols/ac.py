@@ -61,8 +61,7 @@ def sender_texts(ctx: Context, items, sender: str, completion_tokens: int = 0, t
     for it in items:  # every item is charged its completion, computed now or earlier
         text, compute = ctx.session.memo[key(it)]
         texts.append(text)
-        costs.append(Compute(tokens=dict(compute.tokens), flops=compute.flops,
-                             wall_s=compute.wall_s if it in missing else 0.0))
+        costs.append(compute.charged_again(compute.wall_s if it in missing else 0.0))
     return texts, costs
 
 

@@ -164,8 +164,9 @@ def answer(ctx: Context, role: str, prompts, items: list[TaskItem], intervention
         answers = result.texts
     outcomes = [scored(task, item, raw, compute) for item, raw, compute in zip(items, answers, result.compute)]
     maps = [m.describe() for m in result.maps]
-    for outcome in outcomes:
+    for outcome, notes in zip(outcomes, getattr(result, "notes", None) or [{}] * len(outcomes)):
         outcome.interventions = specs
+        outcome.extra.update(notes)
         if maps:
             outcome.extra["maps"] = maps
     return outcomes

@@ -105,8 +105,7 @@ def sender_plans(ctx: Context, items, tokens: int, temperature: float) -> list[P
     plans = []
     for it in items:
         plan = ctx.session.memo[key(it)]
-        charged = Compute(tokens=dict(plan.compute.tokens), flops=plan.compute.flops,
-                          wall_s=plan.compute.wall_s if it in missing else 0.0)
+        charged = plan.compute.charged_again(plan.compute.wall_s if it in missing else 0.0)
         plans.append(Plan(plan.states, plan.ids, plan.text, charged))
     return plans
 

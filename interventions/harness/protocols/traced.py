@@ -65,7 +65,8 @@ class TracedProtocol(Protocol):
         answers = self._checked(answers, batch)
         share = len(items)  # the batch's metered cost, split evenly among its items
         return [scored(ctx.task, item, ans, Compute(tokens={r: n // share for r, n in total.tokens.items()},
-                                                    flops=total.flops / share, wall_s=elapsed / share))
+                                                    flops=total.flops / share, wall_s=elapsed / share,
+                                                    role_flops={r: f / share for r, f in total.role_flops.items()}))
                 for item, ans in zip(items, answers)]
 
     def _checked(self, answers, batch: Batch) -> list:
