@@ -56,3 +56,28 @@ def test_latentmas_map_on_tied_embeddings_is_a_rescale_of_the_identity(smollm2):
     assert torch.allclose(mapped.norm(dim=-1), target_norm.expand(4), rtol=1e-4)
     cosine = torch.nn.functional.cosine_similarity(mapped, hidden, dim=-1)
     assert cosine.min().item() > 0.999
+
+
+def test_a_handoff_from_gemma_to_smollm2_goes_through_the_tokens_both_spell_alike(smollm2):
+    """Cross-family reverse cascade on the real models: matched tokens span a large shared vocabulary;
+    n = 0 is SmolLM2 alone, and SmolLM2 continues Gemma's text re-tokenized."""
+    from interventions.alignment.hidden_to_embedding import matched_tokens
+
+    gemma = iv.load("gemma3-270m")
+    ours, theirs = matched_tokens(gemma, smollm2)
+    assert len(ours) > 10_000
+    assert gemma.tokenizer.decode([int(ours[500])]) == smollm2.tokenizer.decode([int(theirs[500])])
+    question = "What is 12 plus 30?"
+    prompts = {"A": [f"{question}\nAnswer:"], "B": [smollm2.format_prompt(question)]}
+    models = {"A": gemma, "B": smollm2}
+    batch = smollm2.encode(prompts["B"])
+    alone = smollm2.hf.generate(**batch, max_new_tokens=8, do_sample=False)[0, batch["input_ids"].shape[1]:]
+    at_zero = iv.run(iv.Handoff(trigger=iv.Trigger(n=0), horizon=8), models, prompts, max_new_tokens=8)
+    assert at_zero.texts[0] == smollm2.tokenizer.decode(alone, skip_special_tokens=True)
+    text = iv.run(iv.Handoff(trigger=iv.Trigger(n=4), horizon=8), models, prompts, max_new_tokens=8)
+    handed = text.notes[0]["handoff"]["lead_text"]
+    assert text.texts[0].startswith(handed) and len(text.texts[0]) > len(handed)
+    latent = iv.run(iv.Handoff(trigger=iv.Trigger(n=4), carry="latent", horizon=8), models, prompts,
+                    max_new_tokens=8)
+    assert latent.compute[0].role_flops["A"] == text.compute[0].role_flops["A"] > 0
+    assert latent.texts[0] and latent.notes[0]["handoff"]["handed_tokens"] == 4

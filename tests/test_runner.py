@@ -98,7 +98,7 @@ def test_two_model_protocol_with_one_model(tmp_path, tiny_dir):
 
 
 def test_catalog_entries_parse():
-    for name in ("quickstart", "ac_coordination", "ac_reasoning"):
+    for name in ("quickstart", "ac_coordination", "ac_reasoning", "d2_reverse_cascade"):
         experiment = load_experiment(name)
         assert experiment.protocols and experiment.tasks
 
