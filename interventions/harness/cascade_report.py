@@ -93,11 +93,7 @@ def plot_accuracy_vs_n(plt, rows, out_dir: Path) -> list[Path]:
         ax.set_ylim(0, 1.05)
         ax.set_title(f"{task}: accuracy against n\n{pair}", fontsize=9)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out_dir / f"cascade_n_{slug(task)}_{slug(pair)}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_figure(plt, fig, out_dir / f"cascade_n_{slug(task)}_{slug(pair)}.png"))
     return paths
 
 
@@ -136,11 +132,7 @@ def plot_frontier(plt, rows, out_dir: Path) -> list[Path]:
         ax.set_ylabel("accuracy")
         ax.set_title(f"{task}: accuracy against compute\n{pair}", fontsize=9)
         ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        fig.tight_layout()
-        path = out_dir / f"cascade_frontier_{slug(task)}_{slug(pair)}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_figure(plt, fig, out_dir / f"cascade_frontier_{slug(task)}_{slug(pair)}.png"))
     return paths
 
 
@@ -170,12 +162,15 @@ def plot_entropy_traces(plt, rows, out_dir: Path, n_items: int = 4) -> list[Path
             ax.legend(fontsize=6, loc="upper right")
         axes[-1, 0].set_xlabel("L's step (the token chosen from a distribution of this entropy)")
         fig.suptitle(f"{task}: L's next-token entropy and where the triggers handed off", fontsize=9)
-        fig.tight_layout()
-        path = out_dir / f"cascade_entropy_{slug(task)}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_figure(plt, fig, out_dir / f"cascade_entropy_{slug(task)}.png"))
     return paths
+
+
+def save_figure(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def cascade_plots(plt, rows, out_dir: Path) -> list[Path]:
