@@ -335,8 +335,12 @@ class Session:
         prompt_tokens = program.mask.sum(1).tolist()
         eos = model.tokenizer.eos_token_id if stop_at_eos else None
         new = [0 if row in program.settled else tokens_until_eos(ids[row], eos) for row in range(program.rows)]
-        compute = self._charged(program, elapsed, lambda row, c: row in program.settled or c.add_generation(
-            role, self.shape(role), prompt_tokens[row], new[row]))
+
+        def charge(row: int, cost: Compute) -> None:
+            if row not in program.settled:      # a settled row's answer was written before this model ran
+                cost.add_generation(role, self.shape(role), prompt_tokens[row], new[row])
+
+        compute = self._charged(program, elapsed, charge)
         texts = [program.settled.get(row, written + text) for row, (written, text) in
                  enumerate(zip(program.written, model.tokenizer.batch_decode(ids, skip_special_tokens=True)))]
         return cls(texts, ids, prompt_tokens, new, compute, program.maps, program.notes, **extra)
