@@ -17,9 +17,10 @@ the second; ``none`` feeds the states as they are (one width only). A request's 
 ``zero``) replaces the mapped states row by row.
 
 L's generation is kept per prompt (``Session.leads``), so a sweep over n or triggers decodes L once;
-each row is charged L's prompt and the n tokens it used. When L finishes before the trigger fires
-(n = "all", or n past L's end of sequence) L's answer stands and S writes nothing. Every row records
-L's entropy trace, where the trigger fired (or that it fell back), and how many tokens were handed.
+each row is charged L's prompt and the n tokens it used (a fixed n = 0 is S alone: L does not run).
+When L finishes before the trigger fires (n = "all", or n past L's end of sequence) L's answer stands
+and S writes nothing. Every row records L's entropy trace, where the trigger fired (or that it fell
+back), and how many tokens were handed.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from ..compute import Compute
 from ..controls import apply_control
 from ..errors import InterventionError, SpecFormatError, VocabularyMismatchError, WidthMismatchError
 from .base import SpecKind, check_choice, register_kind
-from .trigger import Trigger
+from .trigger import Firing, Trigger
 
 CARRIES = ("text", "latent", "both")
 MAPS = ("auto", "vocabulary", "matched_tokens", "none")
@@ -77,6 +78,11 @@ class Handoff(SpecKind):
         return {self.source}
 
     def compile(self, program) -> None:
+        if self.trigger.immediate:      # n = 0 is S alone: L never runs and costs nothing
+            for notes in program.notes:
+                notes["handoff"] = {"entropy": [], "trigger": Firing(0, True, "fixed").to_dict(), "handed_tokens": 0,
+                                    "lead_tokens": 0, "lead_finished": False, "lead_text": ""}
+            return
         session = program.session
         leads = session.leads(self.source, program.source_prompts(self.source), self.horizon)
         lead_model, shape = session.model(self.source), session.shape(self.source)

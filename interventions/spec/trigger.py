@@ -98,6 +98,11 @@ class Trigger:
         window = f"w{self.window}" if self.window > 1 else ""
         return f"{self.kind.removeprefix('entropy_')}{value:g}{window}"
 
+    @property
+    def immediate(self) -> bool:
+        """Acts at step 0 without reading a trace: the model it would read never has to run."""
+        return self.kind == "fixed" and self.n == 0 and self.min_tokens == 0
+
     def fire(self, trace: list[float], horizon: int | None = None) -> Firing:
         """Where to act on ``trace`` (one generation's per-step entropies); ``horizon``: the most tokens
         the generation could have run, for the fallback when ``max_tokens`` is not set."""
