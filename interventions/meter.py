@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from .compute import Compute, prefill_flops
+from .compute import Compute, hoffmann_forward_flops, prefill_flops
 
 
 def _length(past) -> int:
@@ -37,7 +37,8 @@ def metered(session):
                 embeds = kwargs.get("inputs_embeds")
                 rows, new = (ids.shape if ids is not None else embeds.shape[:2])
                 past = _length(kwargs.get("past_key_values"))
-                total.charge(role, rows * new, rows * prefill_flops(shape, new, past_tokens=past))
+                total.charge(role, rows * new, rows * prefill_flops(shape, new, past_tokens=past),
+                             rows * hoffmann_forward_flops(shape, past + new))   # no cache: the prefix again
 
             handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
     try:

@@ -45,7 +45,7 @@ def test_compute_accumulates_and_merges():
     with c.timed():
         pass
     out = c.to_dict()
-    assert set(out) == {"tokens", "flops", "wall_s", "role_flops"} and out["wall_s"] >= 0.5
+    assert set(out) == {"tokens", "flops", "wall_s", "role_flops", "flops_no_cache"} and out["wall_s"] >= 0.5
     assert Compute.from_dict(out) == c
     # the FLOPs split over the roles; flops merged in without a role stay in the total only
     assert c.role_flops == {"A": f1, "B": f2} and c.flops == f1 + f2 + 1.0
@@ -62,6 +62,41 @@ def test_model_shape_from_tiny_llama(tied):
     per_layer = d * d + 2 * d * kv + d * d + 3 * d * ff + 2 * d  # q, k, v, o, gate/up/down, 2 RMSNorms
     manual = 2 * per_layer + d                                   # + final norm; embeddings excluded
     shape = ModelShape.from_hf(model)
-    assert shape == ModelShape(n_layers=2, d_model=64, n_params_nonembedding=manual, vocab_size=100)
+    assert shape == ModelShape(n_layers=2, d_model=64, n_params_nonembedding=manual, vocab_size=100,
+                               n_heads=4, head_dim=16, d_ff=128)
     total = sum(p.numel() for p in model.parameters())
     assert total == manual + 100 * 64 * (1 if tied else 2)
+
+
+# ---------------------------------------------------------------- the paper's count (Hoffmann, no cache)
+
+HSHAPE = ModelShape(n_layers=2, d_model=4, n_params_nonembedding=100, vocab_size=10, n_heads=2, head_dim=2, d_ff=8)
+
+
+def test_hoffmann_forward_hand_computation():
+    from interventions.compute import hoffmann_forward_flops
+
+    # seq 3, attention width 2*2 = 4: embeddings 2*3*10*4 = 240; per block: qkv 2*3*3*4*4 = 288,
+    # logits 2*9*4 = 72, softmax 3*2*9 = 54, values 72, output 2*3*4*4 = 96, MLP 2*3*(32+32) = 384
+    assert hoffmann_forward_flops(HSHAPE, 3) == 240 + 2 * (288 + 72 + 54 + 72 + 96 + 384) + 240
+    assert hoffmann_forward_flops(HSHAPE, 3, upto_layer=0, include_unembed=False) == 240 + 966
+    # quadratic in the sequence: doubling it more than doubles the count
+    assert hoffmann_forward_flops(HSHAPE, 6) > 2 * hoffmann_forward_flops(HSHAPE, 3)
+
+
+def test_hoffmann_generation_reruns_the_prefix_and_rows_carry_both_counts():
+    from interventions.compute import hoffmann_forward_flops, hoffmann_generation_flops
+
+    assert hoffmann_generation_flops(HSHAPE, 5, 3) == sum(hoffmann_forward_flops(HSHAPE, n) for n in (5, 6, 7))
+    c = Compute()
+    c.add_generation("A", HSHAPE, 5, 3)
+    c.add_prefill("B", HSHAPE, 4, upto_layer=0)
+    assert c.flops == decode_flops(HSHAPE, 5, 3) + prefill_flops(HSHAPE, 4, upto_layer=0, include_unembed=False)
+    assert c.flops_no_cache == (hoffmann_generation_flops(HSHAPE, 5, 3)
+                                + hoffmann_forward_flops(HSHAPE, 4, upto_layer=0, include_unembed=False))
+    again = Compute.from_dict(c.to_dict())
+    assert again.flops_no_cache == c.flops_no_cache and Compute().merge(c).flops_no_cache == c.flops_no_cache
+    # the no-cache count outgrows the cached one as generations get longer
+    long = Compute()
+    long.add_generation("A", HSHAPE, 5, 40)
+    assert long.flops_no_cache / long.flops > c.flops_no_cache / c.flops
