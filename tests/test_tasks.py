@@ -196,6 +196,47 @@ def test_tip_sheets_items_and_scoring():
     assert task.score(it, "none of them") == 0.0
 
 
+def test_tip_sheets_counts_a_pick_only_when_exactly_one_company_is_named():
+    task = get_task("tip_sheets")
+    it = task.items(1, seed=0)[0]
+    gold, (w1, w2) = it.answer, [c for c in it.choices if c != it.answer]
+    echo = f"{it.choices[0]}, {it.choices[1]} or {it.choices[2]}?"          # repeats the option list
+    cases = {
+        f"Invest in {gold}.": ("one", gold, 1.0),
+        f"{gold.split()[0].lower()}!": ("one", gold, 1.0),                  # the first word alone, any case
+        f"{gold} is the best choice; {gold} has record profits.": ("one", gold, 1.0),   # repeats count once
+        echo: ("several", None, 0.0),
+        f"{gold}, not {w1}": ("several", None, 0.0),                        # hedges and contrasts make no pick
+        f"{w2}.": ("one", w2, 0.0),
+        "I cannot tell.": ("none", None, 0.0),
+        f"{gold.split()[0]}ville Holdings": ("none", None, 0.0),           # whole words only
+    }
+    for text, (rule, pick, score) in cases.items():
+        parsed = task.parse(it, text)
+        assert (parsed["rule"], parsed["pick"], task.score(it, text)) == (rule, pick, score), text
+    assert task.parse(it, f"{w1} then {gold}")["named"] == [w1, gold]       # in order of mention
+
+
+def test_rows_record_how_the_answer_was_parsed_and_the_report_counts_no_valid_choice(tmp_path):
+    from interventions.compute import Compute
+    from interventions.harness.protocols.base import scored
+    from interventions.harness.report import summarize, write_report
+
+    task = get_task("tip_sheets")
+    items = task.items(4, seed=0)
+    answers = [items[0].answer, ", ".join(items[1].choices), "no idea", items[3].answer]
+    outcomes = [scored(task, it, text, Compute()) for it, text in zip(items, answers)]
+    assert [o.extra["parsed"]["rule"] for o in outcomes] == ["one", "several", "none", "one"]
+    assert [o.score for o in outcomes] == [1.0, 0.0, 0.0, 1.0]
+    assert "parsed" not in scored(get_task("gsm8k"), get_task("gsm8k").items(1)[0], "42", Compute()).extra
+    rows = [{"task": "tip_sheets", "protocol": "p", "item_id": it.id, "score": o.score, "models": {},
+             "compute": {}, "extra": o.extra} for it, o in zip(items, outcomes)]
+    (entry,) = summarize(rows)
+    assert entry["no_choice_rate"] == pytest.approx(0.5)
+    write_report(rows, tmp_path, "t")
+    assert "no valid choice" in (tmp_path / "summary.md").read_text()
+
+
 def test_tip_sheet_good_company_is_the_one_with_positive_tips():
     from interventions.harness.tasks.tip_sheets import NEGATIVE, POSITIVE
 

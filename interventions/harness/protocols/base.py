@@ -147,7 +147,9 @@ def scored(task: Task, item: TaskItem, raw, compute: Compute) -> Outcome:
     if task.scoring == "choice_loglik":
         acc = choice_accuracy(raw, list(item.choices), item.answer_index)
         return Outcome(acc["acc"], item.choices[acc["pred"]], compute, acc["acc_norm"], raw=raw)
-    return Outcome(float(task.score(item, raw)), str(raw).strip(), compute, raw=raw)
+    parsed = task.parse(item, str(raw))
+    return Outcome(float(task.score(item, raw)), str(raw).strip(), compute, raw=raw,
+                   extra={"parsed": parsed} if parsed is not None else {})
 
 
 def answer(ctx: Context, role: str, prompts, items: list[TaskItem], interventions=(),

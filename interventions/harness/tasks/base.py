@@ -52,6 +52,11 @@ class Task:
             "score the choices with scoring.choice_accuracy()."
         )
 
+    def parse(self, item: TaskItem, generated: str) -> dict | None:
+        """How a generation was read, recorded in its row (``single_choice`` for a "choose one of"
+        task, so the report can count answers with no valid choice); None when there is nothing to say."""
+        return None
+
     def answer_instruction(self) -> str:
         return ""
 

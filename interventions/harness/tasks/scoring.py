@@ -77,6 +77,29 @@ def earliest_match(text: str, candidates: dict[str, list[str]], case_sensitive: 
     return best[2] if best else None
 
 
+def named_choices(text: str, candidates: dict[str, list[str]], case_sensitive: set[str] = frozenset()) -> list[str]:
+    """Keys of every candidate the text names (any alias, whole words), in order of first mention."""
+    first: dict[str, int] = {}
+    for key, aliases in candidates.items():
+        for alias in aliases:
+            flags = 0 if alias in case_sensitive else re.IGNORECASE
+            m = re.search(r"(?<!\w)" + re.escape(alias) + r"(?!\w)", text or "", flags)
+            if m and m.start() < first.get(key, len(text) + 1):
+                first[key] = m.start()
+    return sorted(first, key=first.get)
+
+
+def single_choice(text: str, candidates: dict[str, list[str]], case_sensitive: set[str] = frozenset()) -> dict:
+    """How a "choose one of these" answer parses: ``pick`` is the choice only when exactly one is named.
+
+    ``rule`` is ``one``, ``none`` (nothing named: no valid choice) or ``several`` (more than one named,
+    as when the answer echoes the option list: no valid choice either, so an echo never scores).
+    """
+    named = named_choices(text, candidates, case_sensitive)
+    rule = {0: "none", 1: "one"}.get(len(named), "several")
+    return {"pick": named[0] if rule == "one" else None, "rule": rule, "named": named}
+
+
 def choice_accuracy(choice_logprobs: Sequence[float], choice_lengths: Sequence[int | str], answer_index: int) -> dict:
     """lm-evaluation-harness multiple-choice metrics for one question.
 

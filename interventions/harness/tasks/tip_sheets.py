@@ -13,7 +13,7 @@ import random
 from .base import Task, content_hash, shuffled_prefix
 from .item import TaskItem
 from .registry import register_task
-from .scoring import earliest_match
+from .scoring import single_choice
 
 # First words are distinct within an item, so B may answer with the first word alone.
 NAME_HEADS = (
@@ -90,11 +90,14 @@ class TipSheetsTask(Task):
         ks = shuffled_prefix(range(POOL_SIZE), self.default_n if n is None else n, seed)
         return [make_tip_sheet(k) for k in ks]
 
+    def parse(self, item: TaskItem, generated: str) -> dict:
+        """Which companies the answer names (full name, or its distinctive first word, ignoring case)."""
+        return single_choice(generated, {name: [name, name.split()[0]] for name in item.choices})
+
     def score(self, item: TaskItem, generated: str) -> float:
-        """1.0 if the gold company is the first of the three named in the generation
-        (full name, or its distinctive first word), ignoring case."""
-        cands = {name: [name, name.split()[0]] for name in item.choices}
-        return float(earliest_match(generated, cands) == item.answer)
+        """1.0 if the answer names the gold company and no other: an answer that names two or three
+        (an echo of the question's option list) made no choice."""
+        return float(self.parse(item, generated)["pick"] == item.answer)
 
     def answer_instruction(self) -> str:
         return "Answer with the company name."
