@@ -98,3 +98,37 @@ def test_accuracy_grid_for_three_or_more_tasks(tmp_path):
     assert len(grids) == 1 and f"![{grids[0][:-4]}]" in (tmp_path / "summary.md").read_text()
     write_report([r for r in rows if r["task"] != "t3"], tmp_path / "two", "two tasks")
     assert not list((tmp_path / "two").glob("accuracy_grid_*.png"))
+
+
+def test_paired_tables_carry_the_exact_test_holm_and_a_power_note(tmp_path):
+    rows = make_rows() + [row("four_up", i, 1.0 if i < 9 else 0.0) for i in range(20)]   # 4 wins, 0 losses
+    diffs = {d["protocol"]: d for d in paired_differences(rows, "B_alone", n_boot=500)}
+    four = diffs["four_up"]
+    assert (four["wins"], four["losses"], four["ties"]) == (4, 0, 16)
+    assert four["p_exact"] == pytest.approx(0.125)
+    # Holm over the task's two comparisons: nl_debate (10 wins, p = 2/1024) and four_up
+    assert diffs["nl_debate"]["p_holm"] == pytest.approx(2 * 2 / 1024)
+    assert four["p_holm"] == pytest.approx(0.125)
+    write_report(rows, tmp_path, "t", baseline_protocol="B_alone")
+    md = (tmp_path / "summary.md").read_text()
+    assert "| 4/0 | 0.1250 | 0.1250 |" in md and "| 10/0 | 0.0020 | 0.0039 |" in md
+    assert "on 20 items no paired difference below 0.300 can reach p < 0.05" in md
+
+
+def test_a_sweep_cell_is_chosen_on_held_out_items(tmp_path):
+    from interventions.harness.selection import heldout_choices, selection_half
+
+    ids = [str(i) for i in range(40)]
+    select = {i for i in ids if selection_half(i)}
+    assert 10 < len(select) < 30                       # the hash splits roughly in half
+    rows = [row("B_alone", i, 0.0) for i in ids]
+    # cell "lucky" is right only on the report half; "steady" on the selection half and a third of the report half
+    report = [i for i in ids if i not in select]
+    rows += [row("lucky", i, float(i in report), family="ac", sweep=["k"]) for i in ids]
+    rows += [row("steady", i, float(i in select or i in report[::3]), family="ac", sweep=["k"]) for i in ids]
+    (choice,) = heldout_choices(rows, {"t1": "B_alone"}, n_boot=200)
+    assert choice["chosen"] == "steady" and choice["optimistic"] == "lucky"
+    assert choice["n_shared"] == len(report) and choice["acc"] == pytest.approx(len(report[::3]) / len(report))
+    assert choice["optimistic_acc"] == 1.0 and choice["wins"] == len(report[::3])
+    write_report(rows, tmp_path, "t", baseline_protocol="B_alone")
+    assert "## Sweep cells chosen on held-out items" in (tmp_path / "summary.md").read_text()

@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from interventions.harness.stats import paired_bootstrap_diff, wilson_interval
+from interventions.harness.stats import (holm, paired_bootstrap_diff, sign_test, smallest_significant_difference,
+                                       wilson_interval)
 
 
 def test_wilson_published_value():
@@ -69,3 +70,57 @@ def test_bootstrap_rejects_unpaired():
         paired_bootstrap_diff([1, 0], [1])
     with pytest.raises(ValueError):
         paired_bootstrap_diff([], [])
+
+
+# ---------------------------------------------------------------- exact tests, Holm, power
+
+def _planted(wins, losses, ties_both, ties_neither):
+    """Paired 0/1 scores with a planted 2x2 table: a-only right, b-only right, both, neither."""
+    a = [1] * wins + [0] * losses + [1] * ties_both + [0] * ties_neither
+    b = [0] * wins + [1] * losses + [1] * ties_both + [0] * ties_neither
+    return a, b
+
+
+@pytest.mark.parametrize("table", [(4, 0, 30, 16), (9, 2, 20, 19), (0, 0, 5, 5), (7, 7, 1, 1), (1, 12, 0, 0),
+                                   (40, 25, 100, 35), (3, 1, 0, 0)])
+def test_sign_test_is_exact_mcnemar_against_scipy(table):
+    from scipy.stats import binomtest
+
+    a, b = _planted(*table)
+    res = sign_test(a, b)
+    wins, losses = table[:2]
+    assert (res["wins"], res["losses"], res["ties"]) == (wins, losses, sum(table[2:]))
+    want = binomtest(wins, wins + losses, 0.5).pvalue if wins + losses else 1.0
+    assert res["p_exact"] == pytest.approx(want, rel=1e-12)
+
+
+def test_sign_test_published_cases():
+    # the audit's numbers: 4 discordant items against 0 give p = 0.125; 9 wins and 2 losses give 0.065
+    assert sign_test(*_planted(4, 0, 40, 6))["p_exact"] == pytest.approx(0.125)
+    assert sign_test(*_planted(9, 2, 30, 9))["p_exact"] == pytest.approx(0.0654296875)
+    # fractional per-item scores (seeds averaged) count by sign, ties dropped
+    res = sign_test([0.5, 1.0, 0.0, 0.25], [0.25, 1.0, 0.5, 0.25])
+    assert (res["wins"], res["losses"], res["ties"]) == (1, 1, 2) and res["p_exact"] == 1.0
+    with pytest.raises(ValueError, match="paired"):
+        sign_test([1, 0], [1])
+
+
+def test_holm_hand_computation():
+    p = [0.01, 0.04, 0.03, 0.005]
+    # sorted: 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 = 0.04 -> running max 0.06
+    assert holm(p) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    assert holm([0.02]) == [0.02] and holm([]) == []
+    # never smaller than the raw p, never smaller than Bonferroni's for the smallest
+    raw = [0.001, 0.2, 0.049, 0.012, 0.3]
+    adj = holm(raw)
+    assert all(x >= r for x, r in zip(adj, raw)) and min(adj) == pytest.approx(min(raw) * len(raw))
+
+
+def test_smallest_significant_difference():
+    # at n = 50 no difference below 0.12 can be significant (6 discordant items, all one way)
+    assert smallest_significant_difference(50) == pytest.approx(0.12)
+    assert sign_test(*_planted(6, 0, 0, 44))["p_exact"] <= 0.05 < sign_test(*_planted(5, 0, 0, 45))["p_exact"]
+    assert smallest_significant_difference(300) == pytest.approx(0.02)
+    assert smallest_significant_difference(5) is None
+    assert smallest_significant_difference(100, alpha=0.01) == pytest.approx(0.08)   # 2/2**8 <= 0.01 < 2/2**7

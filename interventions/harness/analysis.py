@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .rows import grouped, paired, slug, model_pair
+from .rows import DELTA_COLUMNS, TESTS_MD, delta_cells, grouped, model_pair, paired, slug, with_holm
 
 DIAGNOSTICS = ("mahalanobis_percentile", "norm_ratio", "kl")
 
@@ -36,7 +36,7 @@ def reference_differences(rows: list[dict], reference: list[str], n_boot: int = 
             if res:
                 res["reference_acc"] = res.pop("other_acc")
                 out.append({"task": task, "model_pair": pair, "protocol": protocol, "reference": best, **res})
-    return out
+    return with_holm(out)
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -104,15 +104,14 @@ def manifold_correlations(rows: list[dict], seed: int = 0) -> list[dict]:
 def reference_md(diffs: list[dict]) -> list[str]:
     if not diffs:
         return []
-    lines = ["## Against the best reference (protocol − best of the reference set, shared items, bootstrap 95% CI)",
+    lines = ["## Against the best reference (protocol − best of the reference set, shared items)",
              "", "The reference is picked per task and model pair by its accuracy on these same items, "
-             "which favours it.", "",
-             "| task | models | protocol | reference | n | acc | reference acc | Δ [95% CI] | p |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "which favours it. " + TESTS_MD, "",
+             "| task | models | protocol | reference | n | acc | reference acc | " + DELTA_COLUMNS,
+             "|" + "---|" * 12]
     for d in diffs:
         lines.append(f"| {d['task']} | {d['model_pair']} | {d['protocol']} | {d['reference']} | {d['n_shared']} | "
-                     f"{d['acc']:.3f} | {d['reference_acc']:.3f} | {d['diff']:+.3f} [{d['low']:+.3f}, "
-                     f"{d['high']:+.3f}] | {d['p_value_two_sided']:.4f} |")
+                     f"{d['acc']:.3f} | {d['reference_acc']:.3f} | {delta_cells(d)} |")
     return lines + [""]
 
 

@@ -8,10 +8,11 @@ from collections import defaultdict
 from pathlib import Path
 
 from .cascade_report import cascade_md, cascade_plots
+from .selection import heldout_choices, heldout_md
 from .analysis import (manifold_correlations, manifold_md, plot_accuracy_vs_distance, reference_differences,
                        reference_md)
-from .rows import grouped, mean_of, model_pair, paired, slug
-from .stats import wilson_interval
+from .rows import DELTA_COLUMNS, TESTS_MD, delta_cells, grouped, mean_of, model_pair, paired, slug, with_holm
+from .stats import smallest_significant_difference, wilson_interval
 
 
 # ---------------------------------------------------------------- grouping helpers
@@ -35,13 +36,17 @@ def summarize(rows: list[dict]) -> list[dict]:
         roles = sorted({role for c in comps for role in (c.get("tokens") or {})})
         tokens_by_role = {role: mean_of([(c.get("tokens") or {}).get(role, 0) for c in comps]) for role in roles}
         norms = [r.get("score_norm") for r in grp if r.get("score_norm") is not None]
+        parsed = [(r.get("extra") or {}).get("parsed") for r in grp]
+        rules = [p["rule"] for p in parsed if p and "rule" in p]
         out.append({
             "task": task, "protocol": protocol, "model_pair": pair,
             "models": {role: (m or {}).get("name") for role, m in (grp[0].get("models") or {}).items()},
             "n": n, "acc": sum(scores) / n, "ci_low": low, "ci_high": high,
             "acc_norm": mean_of(norms), "n_norm": len(norms),
             "chance": mean_of([(r.get("params") or {}).get("chance") for r in grp]),
+            "no_choice_rate": mean_of([float(rule != "one") for rule in rules]),
             "flops_per_item": mean_of([c.get("flops") for c in comps]),
+            "flops_no_cache_per_item": mean_of([c.get("flops_no_cache") for c in comps]),
             "tokens_per_item": sum(tokens_by_role.values()) if roles else None,
             "tokens_per_item_by_role": tokens_by_role,
             "wall_s_per_item": mean_of([c.get("wall_s") for c in comps]),
@@ -73,7 +78,7 @@ def paired_differences(rows: list[dict], baseline_protocol: str | dict | None, n
             if res:
                 res["baseline_acc"] = res.pop("other_acc")
                 out.append({"task": task, "protocol": protocol, "model_pair": pair, "baseline": base_name, **res})
-    return out
+    return with_holm(out)
 
 
 def control_differences(rows: list[dict], n_boot: int = 10000, seed: int = 0) -> list[dict]:
@@ -100,7 +105,7 @@ def control_differences(rows: list[dict], n_boot: int = 10000, seed: int = 0) ->
                     res["control_acc"] = res.pop("other_acc")
                     out.append({"task": task, "model_pair": pair, "protocol": variants["none"][0]["protocol"],
                                 "control": control, "control_protocol": crows[0]["protocol"], **res})
-    return out
+    return with_holm(out)
 
 
 def _baseline_for(task, trows, baseline_protocol):
@@ -119,18 +124,34 @@ def _summary_md(summary) -> list[str]:
     lines = []
     for task, entries in grouped(summary, lambda s: s["task"]).items():
         many_pairs = len({e["model_pair"] for e in entries}) > 1  # show models only when they differ
-        lines += [f"## {task}", "", _chance_line(entries), ""]
+        lines += [f"## {task}", "", _chance_line(entries), "", _power_line(max(e["n"] for e in entries)), ""]
+        choosing = any(e.get("no_choice_rate") is not None for e in entries)   # a "choose one of" task
         head = ["protocol"] + (["models"] if many_pairs else []) + [
-            "n", "acc [95% CI]", "acc_norm", "FLOPs/item", "tokens/item", "wall s/item"]
+            "n", "acc [95% CI]", "acc_norm"] + (["no valid choice"] if choosing else []) + [
+            "FLOPs/item", "FLOPs/item no cache", "tokens/item", "wall s/item"]
+        if choosing:
+            lines += ["A pick counts only when the answer names exactly one of the choices; *no valid choice* is "
+                      "the share of answers that named none or several.", ""]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for e in entries:
             cells = [e["protocol"]] + ([e["model_pair"]] if many_pairs else []) + [
-                str(e["n"]), f"{e['acc']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}]", _fmt(e["acc_norm"]),
-                _fmt(e["flops_per_item"], ".2e"), _fmt(e["tokens_per_item"], ".1f"),
+                str(e["n"]), f"{e['acc']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}]", _fmt(e["acc_norm"])] + (
+                [_fmt(e.get("no_choice_rate"))] if choosing else []) + [
+                _fmt(e["flops_per_item"], ".2e"), _fmt(e["flops_no_cache_per_item"], ".2e"),
+                _fmt(e["tokens_per_item"], ".1f"),
                 _fmt(e["wall_s_per_item"], ".3f")]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return lines
+
+
+def _power_line(n: int) -> str:
+    floor = smallest_significant_difference(n)
+    if floor is None:
+        return f"Power: {n} items are too few for any paired difference to reach p < 0.05 (exact sign test)."
+    return (f"Power: on {n} items no paired difference below {floor:.3f} can reach p < 0.05 (exact sign test: "
+            f"it takes {round(floor * n)} discordant items, all one way); a true difference needs more than "
+            "that to be detected reliably, so smaller differences below are not evidence either way.")
 
 
 def _chance_line(entries) -> str:
@@ -140,34 +161,31 @@ def _chance_line(entries) -> str:
     return f"Chance: {chance:.3f} (a uniform guess among each item's choices)."
 
 
-def _delta_cells(d: dict) -> str:
-    return f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] | {d['p_value_two_sided']:.4f}"
-
-
 def _paired_md(diffs) -> list[str]:
-    lines = ["## Paired differences (protocol − baseline, shared items, bootstrap 95% CI)", ""]
+    lines = ["## Paired differences (protocol − baseline, shared items)", ""]
     if not diffs:
         return lines + ["No protocol shares items with a baseline.", ""]
-    lines += ["| task | protocol | models | baseline | n shared | acc | baseline acc | Δ [95% CI] | p |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [TESTS_MD, "",
+              "| task | protocol | models | baseline | n shared | acc | baseline acc | " + DELTA_COLUMNS,
+              "|" + "---|" * 12]
     for d in diffs:
         lines.append(f"| {d['task']} | {d['protocol']} | {d['model_pair']} | {d['baseline']} | {d['n_shared']} | "
-                     f"{d['acc']:.3f} | {d['baseline_acc']:.3f} | {_delta_cells(d)} |")
+                     f"{d['acc']:.3f} | {d['baseline_acc']:.3f} | {delta_cells(d)} |")
     return lines + [""]
 
 
 def _controls_md(diffs) -> list[str]:
     if not diffs:
         return []
-    lines = ["## Channels against their controls (channel − control, shared items, bootstrap 95% CI)", "",
+    lines = ["## Channels against their controls (channel − control, shared items)", "",
              "A control keeps everything but the message: `random` is a seeded vector of the message's norm, "
-             "`zero` sends nothing, `mismatched` sends the message of another item of the task.", "",
-             "| task | channel | models | control | n shared | channel acc | control acc | Δ [95% CI] | p |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "`zero` sends nothing, `mismatched` sends the message of another item of the task. " + TESTS_MD, "",
+             "| task | channel | models | control | n shared | channel acc | control acc | " + DELTA_COLUMNS,
+             "|" + "---|" * 12]
     for d in diffs:
         lines.append(f"| {d['task']} | {d['protocol']} | {d['model_pair']} | {d['control']} | {d['n_shared']} | "
                      f"{d['acc']:.3f} | "
-                     f"{d['control_acc']:.3f} | {_delta_cells(d)} |")
+                     f"{d['control_acc']:.3f} | {delta_cells(d)} |")
     return lines + [""]
 
 
@@ -364,6 +382,7 @@ def write_report(rows: list[dict], out_dir, title: str, notes_md: str = "",
     controls = control_differences(rows)
     versus_reference = reference_differences(rows, reference) if reference else []
     correlations = manifold_correlations(rows)
+    choices = heldout_choices(rows, {d["task"]: d["baseline"] for d in diffs})
 
     plots = [_plot_accuracy(plt, task, entries, out_dir)
              for task, entries in grouped(summary, lambda s: s["task"]).items()]
@@ -375,10 +394,12 @@ def write_report(rows: list[dict], out_dir, title: str, notes_md: str = "",
     plots = [p for p in plots if p is not None]
 
     md = [f"# {title}", "", f"{len(rows)} result rows. Accuracy is the mean score; CIs are Wilson 95%. "
-          "FLOPs are analytic (Kaplan-style accounting), tokens are summed over model roles.", ""]
+          "FLOPs are analytic: *FLOPs/item* counts Kaplan-style with a KV cache, *no cache* "
+          "counts as Ramesh & Li 2025 do (Hoffmann et al. 2022, every generated token re-running its prefix; "
+          "– for rows written before it was recorded). Tokens are summed over model roles.", ""]
     if data_note:  # the reader skipped lines of results.jsonl: say so where the numbers are
         md += [f"**Reading results.jsonl:** {data_note}; `interventions check` lists them.", ""]
-    md += _summary_md(summary) + _paired_md(diffs) + _controls_md(controls)
+    md += _summary_md(summary) + _paired_md(diffs) + heldout_md(choices) + _controls_md(controls)
     md += reference_md(versus_reference) + manifold_md(correlations) + cascade_md(rows)
     md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     if notes_md:
@@ -387,7 +408,7 @@ def write_report(rows: list[dict], out_dir, title: str, notes_md: str = "",
 
     payload = {"title": title, "n_rows": len(rows), **({"data_note": data_note} if data_note else {}),
                "summary": summary, "paired_differences": diffs,
-               "control_differences": controls,
+               "control_differences": controls, **({"heldout_choices": choices} if choices else {}),
                **({"reference_differences": versus_reference} if versus_reference else {}),
                **({"manifold_correlations": correlations} if correlations else {}),
                "plots": [p.name for p in plots]}

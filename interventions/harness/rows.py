@@ -6,7 +6,7 @@ import math
 import re
 from collections import defaultdict
 
-from .stats import paired_bootstrap_diff
+from .stats import holm, paired_bootstrap_diff, sign_test
 
 
 def model_pair(row: dict) -> str:
@@ -34,9 +34,30 @@ def paired(rows: list[dict], other_rows: list[dict], n_boot: int, seed: int) -> 
     shared = [i for i in mine if i in other]
     if not shared:
         return None
-    res = paired_bootstrap_diff([mine[i] for i in shared], [other[i] for i in shared], n_boot=n_boot, seed=seed)
-    return {"n_shared": len(shared), "acc": mean_of([mine[i] for i in shared]),
-            "other_acc": mean_of([other[i] for i in shared]), **res}
+    a, b = [mine[i] for i in shared], [other[i] for i in shared]
+    res = paired_bootstrap_diff(a, b, n_boot=n_boot, seed=seed)
+    return {"n_shared": len(shared), "acc": mean_of(a), "other_acc": mean_of(b), **res, **sign_test(a, b)}
+
+
+def with_holm(diffs: list[dict], family=lambda d: d["task"]) -> list[dict]:
+    """Add ``p_holm`` to each comparison: Holm over the exact p-values of its family (by default every
+    comparison of its task, so a sweep's cells are corrected together)."""
+    for group in grouped(diffs, family).values():
+        for d, adjusted in zip(group, holm([d["p_exact"] for d in group])):
+            d["p_holm"] = adjusted
+    return diffs
+
+
+TESTS_MD = ("Δ has a paired bootstrap 95% CI and p; W/L counts the items each side wins, and p exact is the "
+            "exact sign test on them (exact McNemar on 0/1 scores). p Holm corrects p exact over every "
+            "comparison of the task in the table, so a sweep's cells are tested together.")
+DELTA_COLUMNS = "Δ [95% CI] | p | W/L | p exact | p Holm |"
+
+
+def delta_cells(d: dict) -> str:
+    """The cells under ``DELTA_COLUMNS`` for one comparison (``paired`` then ``with_holm``)."""
+    return (f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] | {d['p_value_two_sided']:.4f} | "
+            f"{d['wins']}/{d['losses']} | {d['p_exact']:.4f} | {d['p_holm']:.4f}")
 
 
 def per_item(rows) -> dict:

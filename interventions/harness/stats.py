@@ -62,3 +62,49 @@ def paired_bootstrap_diff(a: list[float], b: list[float], n_boot: int = 10000, s
     p = (1 + int(extreme.sum())) / (n_boot + 1)
     return {"diff": diff, "low": float(low), "high": float(high), "p_value_two_sided": min(1.0, p),
             "n": int(n), "n_boot": int(n_boot)}
+
+
+def sign_test(a: list[float], b: list[float]) -> dict:
+    """Exact two-sided sign test of paired per-item scores a and b.
+
+    Items where a scores higher are wins, lower are losses; ties say nothing about which is better.
+    Under the null each untied item is a fair coin, so p = P(|Binomial(m, 1/2) - m/2| >= |wins - m/2|)
+    with m = wins + losses. On 0/1 scores this is the exact McNemar test (the binomial test on the
+    discordant pairs); unlike the bootstrap it stays valid for the handful of discordant items a
+    small evaluation has. Integer arithmetic, so it is exact for any m.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"a and b must be paired (the same length), got {len(a)} and {len(b)}")
+    wins = sum(x > y for x, y in zip(a, b))
+    losses = sum(x < y for x, y in zip(a, b))
+    m = wins + losses
+    tail = sum(math.comb(m, i) for i in range(min(wins, losses) + 1))
+    p = min(1.0, 2 * tail / 2 ** m) if m else 1.0
+    return {"wins": wins, "losses": losses, "ties": len(a) - m, "p_exact": p}
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input order.
+
+    The i-th smallest p is multiplied by (m - i) (i from 0) and the running maximum is kept, so a
+    family of m comparisons (the cells of a sweep) keeps its chance of any false positive at alpha
+    when each adjusted p is compared with alpha.
+    """
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [1.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def smallest_significant_difference(n: int, alpha: float = 0.05) -> float | None:
+    """The smallest paired accuracy difference that can reach p <= alpha on n items at all.
+
+    The most extreme outcome for d discordant items is all d going one way, with exact p = 2 / 2**d;
+    it needs d >= log2(2 / alpha) (6 items at alpha = 0.05), and d items move accuracy by d / n.
+    A smaller difference cannot be significant whatever the data; None when n is too small for any.
+    Detecting a true difference with reasonable power takes a larger one.
+    """
+    needed = math.ceil(math.log2(2 / alpha) - 1e-12)
+    return needed / n if 0 < needed <= n else None
