@@ -347,3 +347,25 @@ def test_choice_accuracy_acc_vs_acc_norm():
     assert choice_accuracy(lps, [4, 15], answer_index=0)["acc_norm"] == 0.0
     with pytest.raises(ValueError):
         choice_accuracy(lps, [4], answer_index=0)
+
+
+def test_mmlu_by_generation_asks_for_a_letter_and_counts_exactly_one_option():
+    task = get_task("mmlu_gen/formal_logic")
+    assert task.name == "mmlu_gen/formal_logic" and task.scoring != "choice_loglik"
+    assert get_task("mmlu/formal_logic").items(5) == get_task("mmlu", subjects=["formal_logic"]).items(5)
+    it = task.items(1, seed=0)[0]
+    loglik = get_task("mmlu/formal_logic").items(1, seed=0)[0]
+    assert it.id == loglik.id and it.question.startswith(loglik.question)   # same items, options lettered
+    assert [line[:3] for line in it.question.splitlines()[-4:]] == ["A. ", "B. ", "C. ", "D. "]
+    gold = "ABCD"[it.answer_index]
+    wrong = next(x for x in "ABCD" if x != gold)
+    cases = {gold: 1.0, f"({gold})": 1.0, f"{gold}.": 1.0, f"The answer is ({gold}).": 1.0,
+             f"The answer is {gold}: {it.answer}": 1.0, f"The correct answer is {gold}": 1.0, wrong: 0.0, f"({gold}) or ({wrong})": 0.0,
+             "\n".join(f"{x}. {c}" for x, c in zip("ABCD", it.choices)): 0.0, "I do not know.": 0.0}
+    for text, want in cases.items():
+        assert task.score(it, text) == want, text
+    assert task.parse(it, f"({gold}) or ({wrong})")["rule"] == "several"
+    assert task.parse(it, "I do not know.")["rule"] == "none"
+    assert "letter" in task.answer_instruction() and task.chance(it) == 0.25
+    with pytest.raises(Exception, match="answer_by"):
+        get_task("mmlu", answer_by="sampling")
