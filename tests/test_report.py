@@ -132,3 +132,21 @@ def test_a_sweep_cell_is_chosen_on_held_out_items(tmp_path):
     assert choice["optimistic_acc"] == 1.0 and choice["wins"] == len(report[::3])
     write_report(rows, tmp_path, "t", baseline_protocol="B_alone")
     assert "## Sweep cells chosen on held-out items" in (tmp_path / "summary.md").read_text()
+
+
+def test_channel_compute_against_debate_under_both_counts(tmp_path):
+    from interventions.harness.versus_text import compute_ratios
+
+    rows = []
+    for i in range(4):
+        ac = row("ac_sum", i, 1.0, flops=30.0)
+        ac["protocol_spec"], ac["compute"]["flops_no_cache"] = {"kind": "ac"}, 20.0
+        debate = row("nl_debate_r2", i, 1.0, flops=100.0)
+        debate["protocol_spec"], debate["compute"]["flops_no_cache"] = {"kind": "nl_debate"}, 100.0
+        rows += [ac, debate, row("B_alone", i, 0.0)]
+    (ratio,) = compute_ratios(rows)
+    assert (ratio["protocol"], ratio["versus"]) == ("ac_sum", "nl_debate_r2")
+    assert ratio["flops"] == pytest.approx(0.3) and ratio["flops_no_cache"] == pytest.approx(0.2)
+    write_report(rows, tmp_path, "t", baseline_protocol="B_alone")
+    md = (tmp_path / "summary.md").read_text()
+    assert "| t1 | A=tiny-a, B=tiny-b | ac_sum | nl_debate_r2 | 0.300 | no | 0.200 | yes |" in md

@@ -131,3 +131,69 @@ def test_every_protocol_runs_on_generation_and_choice_tasks(tmp_path, tiny_dir):
     debate = [r for r in rows if r["protocol"] == "nl_debate_r2"]
     assert all(set(r["compute"]["tokens"]) == {"A", "B"} for r in debate)
     assert all(r["score_norm"] is not None for r in rows if r["task"] == "jsonl/mc")
+
+
+def test_sampling_runs_each_item_once_per_seed_and_the_summary_averages_them(tmp_path, tiny_dir):
+    from interventions.harness.report import summarize
+    from interventions.harness.units import work_key
+
+    sampling = {"top_p": 0.9, "temperature": 1.5, "seeds": [0, 1]}
+    spec = write_experiment(tmp_path / "e.yaml", tiny_dir, sampling=sampling, max_new_tokens=6,
+                            tasks=[{"name": "countries", "n": 8}], protocols=[{"kind": "silent"}])
+    experiment = load_experiment(str(spec))
+    rows = run_experiment(experiment, tmp_path / "out", progress=False)
+    assert len(rows) == 8 * 2 and len({r["key"] for r in rows}) == 16
+    by_seed = {s: {r["item_id"]: r["prediction"] for r in rows if r["sampling"]["seed"] == s} for s in (0, 1)}
+    assert set(by_seed[0]) == set(by_seed[1])                    # the same items under both seeds
+    assert by_seed[0] != by_seed[1]                              # sampled, not greedy
+    assert rows[0]["sampling"] == {"do_sample": True, "top_p": 0.9, "temperature": 1.5, "seed": rows[0]["sampling"]["seed"]}
+    # the same seed on the same batches samples the same answers; a finished run resumes with nothing to do
+    again = run_experiment(experiment, tmp_path / "again", progress=False)
+    assert {r["key"]: r["prediction"] for r in again} == {r["key"]: r["prediction"] for r in rows}
+    assert len(run_experiment(experiment, tmp_path / "out", progress=False)) == 16
+    (entry,) = summarize(rows)
+    assert entry["n"] == 8 and entry["samples"] == 2
+    # greedy experiments keep the keys they had before sampling existed
+    greedy = load_experiment(str(write_experiment(tmp_path / "g.yaml", tiny_dir, tasks=[{"name": "countries", "n": 2}],
+                                                  protocols=[{"kind": "silent"}])))
+    (row, _) = run_experiment(greedy, tmp_path / "greedy", progress=False)
+    assert "sampling" not in row
+    hashes = {role: m["sha256"] for role, m in row["models"].items()}
+    assert work_key(greedy.protocols[0], hashes, row["task"], row["item_id"], 0) == row["key"]
+
+
+def test_debate_by_majority_of_three_agents(tmp_path, tiny_dir):
+    from interventions.compute import Compute
+    from interventions.harness.protocols import PROTOCOLS
+    from interventions.harness.protocols.base import Outcome
+    from interventions.harness.tasks import get_task
+
+    debate = PROTOCOLS.get("nl_debate")(agents=["A", "B", "A"], final="majority")
+    assert debate.name == "nl_debate_r2_ABA_majority"
+    assert PROTOCOLS.get("nl_debate")().as_dict() == {"kind": "nl_debate", "rounds": 2}   # old keys unchanged
+
+    class Ctx:
+        task = get_task("gsm8k")
+
+    def said(*texts, scores):
+        return [Outcome(s, t, Compute()) for t, s in zip(texts, scores)]
+
+    # two of three say 18 (written differently): the majority's answer and score
+    out = debate._settle(Ctx, said("It is 18.", "17", "The answer is 18.00", scores=[1, 0, 1]), Compute())
+    assert (out.score, out.extra["votes"]) == (1, {"18": 2, "17": 1})
+    # the minority cannot win even as the last agent
+    out = debate._settle(Ctx, said("17", "18", "17", scores=[0, 1, 0]), Compute())
+    assert out.score == 0 and out.prediction == "17"
+    # three different answers: no majority, so B's answer, as the two-agent tie-break
+    out = debate._settle(Ctx, said("1", "2", "3", scores=[0, 1, 0]), Compute())
+    assert out.prediction == "2" and out.extra["votes"] == {"1": 1, "2": 1, "3": 1}
+    with pytest.raises(ValueError, match="at least three agents"):
+        PROTOCOLS.get("nl_debate")(final="majority")
+
+    # end to end, sampled: each agent draws with its own seed, every answer is charged to its model
+    path = write_experiment(tmp_path / "e.yaml", tiny_dir, tasks=[{"name": "countries", "n": 4}], max_new_tokens=4,
+                            sampling={"seeds": [3]}, protocols=[{"kind": "nl_debate", "agents": ["A", "B", "A"],
+                                                                 "final": "majority", "rounds": 1}])
+    rows = run_experiment(load_experiment(str(path)), tmp_path / "out", progress=False)
+    assert len(rows) == 4 and all(sum(r["extra"]["votes"].values()) == 3 for r in rows)
+    assert all(set(r["compute"]["tokens"]) == {"A", "B"} for r in rows)

@@ -105,7 +105,8 @@ def bench_cascade(large: str = "qwen2.5-coder-0.5b", small: str = "smollm2-135m"
                   horizon: int = 64, ns=(0, 8, 16, 32, 64, "all"), task_name: str = "gsm8k", repeats: int = 2) -> dict:
     """The reverse cascade's sweep over n (text handoff) on ``n_items`` items, against what it must cost
     at least: one L generation to the largest n plus the S continuations, run by hand on the same
-    items (L decoded once; S given its prompt and L's first n tokens as text). Interleaved, best of
+    items (L decoded once; S given its prompt and L's first n tokens as text, where L had not ended by
+    then). Interleaved, best of
     ``repeats``."""
     from .protocols.cascade import ReverseCascade
 
@@ -127,12 +128,16 @@ def bench_cascade(large: str = "qwen2.5-coder-0.5b", small: str = "smollm2-135m"
         lead = session.decode("A", prompts["A"], max_new_tokens=horizon)
         parts["L"] = time.perf_counter() - start
         tokenizer = models["A"].tokenizer
+        eos = tokenizer.eos_token_id
         for n in ns:
             if n == "all":      # L's answer stands: S writes nothing
                 continue
-            handed = [tokenizer.decode(ids[:min(n, count)], skip_special_tokens=True)
-                      for ids, count in zip(lead.ids, lead.new_tokens)]
-            session.generate("B", [p + h for p, h in zip(prompts["B"], handed)], max_new_tokens=horizon)
+            # S continues only where L had not already ended within its first n tokens
+            rows = [(p, tokenizer.decode(ids[:min(n, count)], skip_special_tokens=True))
+                    for p, ids, count in zip(prompts["B"], lead.ids, lead.new_tokens)
+                    if not (count <= n and count and int(ids[count - 1]) == eos)]
+            if rows:
+                session.generate("B", [p + h for p, h in rows], max_new_tokens=horizon)
         parts["S"] = time.perf_counter() - start - parts["L"]
 
     sweep()     # warm-up: first calls pay one-off costs

@@ -77,7 +77,7 @@ def _row_problem(row: dict, zoo: dict) -> str | None:
         raise _Unchecked(f"protocol {spec.get('kind')!r} cannot be rebuilt ({type(error).__name__}); "
                          "pass its plugin with --plugin") from None
     weights = {role: weights_identity(m["sha256"], m.get("dtype", "fp32")) for role, m in row["models"].items()}
-    if work_key(protocol, weights, row["task"], row["item_id"], row["seed"]) != row["key"]:
+    if work_key(protocol, weights, row["task"], row["item_id"], row["seed"], row.get("sampling")) != row["key"]:
         return "whose protocol definition changed since they were written (their work key no longer matches)"
     for m in row["models"].values():
         hashes = zoo.setdefault(m["name"], _zoo_hashes(m["name"]))

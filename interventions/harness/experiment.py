@@ -32,6 +32,20 @@ class TaskEntry(BaseModel):
     options: dict = Field(default_factory=dict)
 
 
+class Sampling(BaseModel):
+    """Nucleus sampling for every generated answer, once per seed over the same items (greedy when an
+    experiment has none). Each seed is its own work item, so a run resumes per (item, seed)."""
+
+    model_config = ConfigDict(extra="forbid")
+    top_p: float = Field(0.9, gt=0, le=1)
+    temperature: float = Field(1.0, gt=0)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+
+    def generation(self, seed: int) -> dict:
+        """The keyword arguments ``Session.generate`` samples with for one seed."""
+        return {"do_sample": True, "top_p": self.top_p, "temperature": self.temperature, "seed": seed}
+
+
 class ExperimentFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | None = None
@@ -42,6 +56,7 @@ class ExperimentFile(BaseModel):
     dtype: str = "fp32"        # fp32, bf16, fp16; maps, statistics and captures stay fp32
     max_new_tokens: PositiveInt = 16
     batch_size: PositiveInt = 16
+    sampling: Sampling | None = None
     pairs: list[dict[Literal["A", "B"], str]] = Field(min_length=1)
     tasks: list[TaskEntry] = Field(min_length=1)
     protocols: list[dict] = Field(min_length=1)
@@ -70,12 +85,17 @@ class Experiment(BaseModel):
     dtype: str = "fp32"
     max_new_tokens: int = 16
     batch_size: int = 16
+    sampling: Sampling | None = None
     baseline: str | dict | None = None
     reference: list[str] = Field(default_factory=list)
     description: str = ""
     notes: str = ""
     plugins: list[str] = Field(default_factory=list)
     path: Path | None = None
+
+    def samples(self) -> list[int | None]:
+        """The sampling seeds each item runs under; [None] for greedy decoding."""
+        return list(self.sampling.seeds) if self.sampling else [None]
 
 
 def describe_errors(error: ValidationError, where: str, fields: list[str]) -> str:
@@ -159,7 +179,8 @@ def build_experiment(data, where: str, base_dir: Path | None = None, path: Path 
     for name in parsed.reference:
         if name not in names:
             raise ExperimentFormatError(f"{where}.reference: no protocol is named {name!r}.{suggest(name, names)}")
-    fields = parsed.model_dump(exclude={"tasks", "protocols", "name"})
+    fields = parsed.model_dump(exclude={"tasks", "protocols", "name", "sampling"})
+    fields["sampling"] = parsed.sampling
     return Experiment(name=parsed.name or (path.stem if path else "experiment"), tasks=tasks, protocols=protocols,
                       protocol_tasks=protocol_tasks, path=path, **fields)
 

@@ -48,5 +48,8 @@ def message_prompt(model: LoadedModel, item: TaskItem) -> str:
     return model.format_prompt(text) if model.has_chat_template else f"{text}\nMessage:"
 
 
-def debate_note(other_answer: str) -> str:
-    return f"Another agent answered: {other_answer.strip()}. Consider it, then give your own answer."
+def debate_note(*other_answers: str) -> str:
+    if len(other_answers) == 1:
+        return f"Another agent answered: {other_answers[0].strip()}. Consider it, then give your own answer."
+    said = "; ".join(a.strip() for a in other_answers)
+    return f"Other agents answered: {said}. Consider them, then give your own answer."

@@ -9,9 +9,11 @@ from pathlib import Path
 
 from .cascade_report import cascade_md, cascade_plots
 from .selection import heldout_choices, heldout_md
+from .versus_text import compute_ratios, compute_ratios_md
 from .analysis import (manifold_correlations, manifold_md, plot_accuracy_vs_distance, reference_differences,
                        reference_md)
-from .rows import DELTA_COLUMNS, TESTS_MD, delta_cells, grouped, mean_of, model_pair, paired, slug, with_holm
+from .rows import (DELTA_COLUMNS, TESTS_MD, delta_cells, grouped, mean_of, model_pair, paired, per_item, slug,
+                   with_holm)
 from .stats import smallest_significant_difference, wilson_interval
 
 
@@ -26,11 +28,14 @@ def _common_params(rows) -> dict:
 # ---------------------------------------------------------------- summaries
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """One entry per (task, protocol, model pair): accuracy with Wilson CI and mean cost per item."""
+    """One entry per (task, protocol, model pair): accuracy with Wilson CI and mean cost per item.
+
+    Rows of one item under several sampling seeds are averaged first: n counts items, the interval is
+    over items, and ``samples`` says how many rows each item averages."""
     out = []
     for (task, protocol, pair), grp in grouped(rows, lambda r: (r["task"], r["protocol"], model_pair(r))).items():
-        n = len(grp)
-        scores = [float(r["score"]) for r in grp]
+        scores = list(per_item(grp).values())
+        n = len(scores)
         low, high = wilson_interval(sum(scores), n)
         comps = [r.get("compute") or {} for r in grp]
         roles = sorted({role for c in comps for role in (c.get("tokens") or {})})
@@ -41,7 +46,7 @@ def summarize(rows: list[dict]) -> list[dict]:
         out.append({
             "task": task, "protocol": protocol, "model_pair": pair,
             "models": {role: (m or {}).get("name") for role, m in (grp[0].get("models") or {}).items()},
-            "n": n, "acc": sum(scores) / n, "ci_low": low, "ci_high": high,
+            "n": n, "samples": len(grp) / n, "acc": sum(scores) / n, "ci_low": low, "ci_high": high,
             "acc_norm": mean_of(norms), "n_norm": len(norms),
             "chance": mean_of([(r.get("params") or {}).get("chance") for r in grp]),
             "no_choice_rate": mean_of([float(rule != "one") for rule in rules]),
@@ -135,7 +140,7 @@ def _summary_md(summary) -> list[str]:
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for e in entries:
             cells = [e["protocol"]] + ([e["model_pair"]] if many_pairs else []) + [
-                str(e["n"]), f"{e['acc']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}]", _fmt(e["acc_norm"])] + (
+                str(e["n"]) if e["samples"] == 1 else f"{e['n']} × {e['samples']:g} samples", f"{e['acc']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}]", _fmt(e["acc_norm"])] + (
                 [_fmt(e.get("no_choice_rate"))] if choosing else []) + [
                 _fmt(e["flops_per_item"], ".2e"), _fmt(e["flops_no_cache_per_item"], ".2e"),
                 _fmt(e["tokens_per_item"], ".1f"),
@@ -383,6 +388,7 @@ def write_report(rows: list[dict], out_dir, title: str, notes_md: str = "",
     versus_reference = reference_differences(rows, reference) if reference else []
     correlations = manifold_correlations(rows)
     choices = heldout_choices(rows, {d["task"]: d["baseline"] for d in diffs})
+    ratios = compute_ratios(rows)
 
     plots = [_plot_accuracy(plt, task, entries, out_dir)
              for task, entries in grouped(summary, lambda s: s["task"]).items()]
@@ -400,7 +406,7 @@ def write_report(rows: list[dict], out_dir, title: str, notes_md: str = "",
     if data_note:  # the reader skipped lines of results.jsonl: say so where the numbers are
         md += [f"**Reading results.jsonl:** {data_note}; `interventions check` lists them.", ""]
     md += _summary_md(summary) + _paired_md(diffs) + heldout_md(choices) + _controls_md(controls)
-    md += reference_md(versus_reference) + manifold_md(correlations) + cascade_md(rows)
+    md += compute_ratios_md(ratios) + reference_md(versus_reference) + manifold_md(correlations) + cascade_md(rows)
     md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     if notes_md:
         md += [notes_md]
@@ -409,6 +415,7 @@ def write_report(rows: list[dict], out_dir, title: str, notes_md: str = "",
     payload = {"title": title, "n_rows": len(rows), **({"data_note": data_note} if data_note else {}),
                "summary": summary, "paired_differences": diffs,
                "control_differences": controls, **({"heldout_choices": choices} if choices else {}),
+               **({"compute_versus_debate": ratios} if ratios else {}),
                **({"reference_differences": versus_reference} if versus_reference else {}),
                **({"manifold_correlations": correlations} if correlations else {}),
                "plots": [p.name for p in plots]}

@@ -1,7 +1,8 @@
 """Work units: one batch of one (pair, task, protocol), its rows, and the content hash that keys them.
 
-A work item is (model pair, task, item, protocol, seed). Its key hashes the protocol spec, the
-models' weight hashes (and precision, when not fp32), the task, the item id and the seed. A
+A work item is (model pair, task, item, protocol, seed, and the sampling seed when the experiment
+samples). Its key hashes the protocol spec, the models' weight hashes (and precision, when not fp32),
+the task, the item id, the seed and the sampling (greedy keys are unchanged by it). A
 ``UnitRunner`` turns a unit into rows the same way in the runner's own process and on a Ray worker.
 """
 
@@ -19,10 +20,12 @@ from .protocols import Context, Protocol
 from .tasks import get_task
 
 
-def work_key(protocol: Protocol, weights: dict[str, str], task: str, item_id: str, seed: int) -> str:
-    """The content hash of one work item; ``weights`` maps each role to its model's weight hash."""
-    blob = json.dumps({"protocol": protocol.identity(), "models": weights,
-                       "task": task, "item": item_id, "seed": seed}, sort_keys=True)
+def work_key(protocol: Protocol, weights: dict[str, str], task: str, item_id: str, seed: int,
+             sampled: dict | None = None) -> str:
+    """The content hash of one work item; ``weights`` maps each role to its model's weight hash and
+    ``sampled`` is the sampling it generates with (None: greedy)."""
+    blob = json.dumps({"protocol": protocol.identity(), "models": weights, "task": task, "item": item_id,
+                       "seed": seed, **({"sampling": sampled} if sampled else {})}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -62,6 +65,7 @@ class WorkUnit:
     protocol: int
     item_ids: tuple[str, ...]
     keys: tuple[str, ...]   # each item's work key, as planned
+    sample: int | None = None   # the sampling seed (None: greedy)
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -93,13 +97,17 @@ class UnitRunner:
     def label(self, unit: WorkUnit) -> str:
         return f"{self.tasks[unit.task].name} {self.experiment.protocols[unit.protocol].name}"
 
-    def context(self, pair: int, task: int) -> Context:
+    def generation(self, sample: int | None) -> dict:
+        """How answers are generated under one sampling seed: {} for greedy."""
+        return self.experiment.sampling.generation(sample) if sample is not None else {}
+
+    def context(self, pair: int, task: int, sample: int | None = None) -> Context:
         if pair != self._session_key:
             self._session_key, self._session = pair, Session(self.models(pair), self.backend)
-        if (pair, task) != self._ctx_key:
-            self._ctx_key = (pair, task)
+        if (pair, task, sample) != self._ctx_key:
+            self._ctx_key = (pair, task, sample)
             self._ctx = Context(self._session, self.tasks[task], self.experiment.max_new_tokens, self.seed,
-                                self.items(task))
+                                self.items(task), self.generation(sample))
         return self._ctx
 
     def run_unit(self, unit: WorkUnit) -> list[dict]:
@@ -110,10 +118,10 @@ class UnitRunner:
             raise WorkerMismatchError(f"items {missing[:3]} of task {self.tasks[unit.task].name} are not in this "
                                       "process's copy of the task: install the same data packages everywhere")
         batch = [by_id[i] for i in unit.item_ids]
-        protocol, ctx = self.experiment.protocols[unit.protocol], self.context(unit.pair, unit.task)
+        protocol, ctx = self.experiment.protocols[unit.protocol], self.context(unit.pair, unit.task, unit.sample)
         outcomes = protocol.run(ctx, batch)
         return [_row(self.experiment, self.experiment.pairs[unit.pair], ctx.session.models, ctx.task, protocol, it,
-                     outcome, self.seed) for it, outcome in zip(batch, outcomes)]
+                     outcome, self.seed, ctx.generation) for it, outcome in zip(batch, outcomes)]
 
 
 def plan(runner: UnitRunner, done: set[str]) -> list[WorkUnit]:
@@ -127,25 +135,28 @@ def plan(runner: UnitRunner, done: set[str]) -> list[WorkUnit]:
                 limited_to = experiment.protocol_tasks.get(protocol)
                 if not protocol.applies_to(task, pair) or (limited_to and entry.name not in limited_to):
                     continue
-                keyed = [(it.id, work_key(protocol, hashes, task.name, it.id, runner.seed)) for it in items]
-                pending = [(i, key) for i, key in keyed if key not in done]
-                for start in range(0, len(pending), experiment.batch_size):
-                    batch = pending[start:start + experiment.batch_size]
-                    units.append(WorkUnit(p, t, k, tuple(i for i, _ in batch), tuple(key for _, key in batch)))
+                for sample in experiment.samples():
+                    sampled = runner.generation(sample)
+                    keyed = [(it.id, work_key(protocol, hashes, task.name, it.id, runner.seed, sampled)) for it in items]
+                    pending = [(i, key) for i, key in keyed if key not in done]
+                    for start in range(0, len(pending), experiment.batch_size):
+                        batch = pending[start:start + experiment.batch_size]
+                        units.append(WorkUnit(p, t, k, tuple(i for i, _ in batch), tuple(key for _, key in batch),
+                                              sample))
     return units
 
 
-def _row(experiment, pair, models, task, protocol, item, outcome, seed) -> dict:
+def _row(experiment, pair, models, task, protocol, item, outcome, seed, sampled: dict | None = None) -> dict:
     params = protocol.params()
     if task.chance(item) is not None:
         params["chance"] = task.chance(item)
     return {
-        "key": work_key(protocol, weights(models), task.name, item.id, seed),
+        "key": work_key(protocol, weights(models), task.name, item.id, seed, sampled),
         "experiment": experiment.name, "task": task.name, "task_source": task.source, "item_id": item.id,
         "protocol": protocol.name, "protocol_spec": protocol.as_dict(),
         **({"interventions": outcome.interventions} if outcome.interventions else {}),
         "models": {role: model_record(m) for role, m in models.items()},
-        "seed": seed, "score": outcome.score, "score_norm": outcome.score_norm,
+        "seed": seed, **({"sampling": sampled} if sampled else {}), "score": outcome.score, "score_norm": outcome.score_norm,
         "prediction": outcome.prediction, "gold": item.answer, "compute": outcome.compute.to_dict(),
         "params": params, **({"extra": outcome.extra} if outcome.extra else {}),
     }

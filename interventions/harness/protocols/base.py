@@ -121,6 +121,7 @@ class Context:
     max_new_tokens: int = 16
     seed: int = 0
     pool: list = field(default_factory=list)   # the task's items in this run: partners for mismatched controls
+    generation: dict = field(default_factory=dict)   # how answers are generated: {} greedy, else sampling kwargs
 
     def model(self, role: str):
         return self.session.model(role)
@@ -162,7 +163,7 @@ def answer(ctx: Context, role: str, prompts, items: list[TaskItem], intervention
         result = session.loglikelihood(role, prompts, [it.choices for it in items], interventions, control)
         answers = result.logliks
     else:
-        result = session.generate(role, prompts, interventions, ctx.max_new_tokens, control)
+        result = session.generate(role, prompts, interventions, ctx.max_new_tokens, control, **ctx.generation)
         answers = result.texts
     outcomes = [scored(task, item, raw, compute) for item, raw, compute in zip(items, answers, result.compute)]
     maps = [m.describe() for m in result.maps]

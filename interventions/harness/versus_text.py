@@ -1,0 +1,53 @@
+"""What a latent channel costs against natural-language debate, under both FLOP counts.
+
+Ramesh & Li 2025 report activation communication at "< 1/4 the compute" of NL debate, counted as
+Hoffmann et al. without a KV cache. Every row carries that count (``flops_no_cache``) beside the
+toolkit's KV-cached one, so the ratio is given under both and the claim is checked under each.
+"""
+
+from __future__ import annotations
+
+from .rows import grouped, mean_of, model_pair
+
+COUNTS = (("flops", "KV-cached"), ("flops_no_cache", "no cache (paper)"))
+
+
+def _kind(row: dict) -> str:
+    return (row.get("protocol_spec") or {}).get("kind", "")
+
+
+def compute_ratios(rows: list[dict], channel_kinds=("ac",), text_kind: str = "nl_debate") -> list[dict]:
+    """Per task and model pair: each channel protocol's mean FLOPs over each NL debate's, both counts."""
+    out = []
+    for (task, pair), grp in grouped(rows, lambda r: (r["task"], model_pair(r))).items():
+        by_protocol = grouped(grp, lambda r: r["protocol"])
+        debates = [p for p, prs in by_protocol.items() if _kind(prs[0]) == text_kind]
+        for protocol, prows in by_protocol.items():
+            if _kind(prows[0]) not in channel_kinds:
+                continue
+            for debate in debates:
+                entry = {"task": task, "model_pair": pair, "protocol": protocol, "versus": debate}
+                for key, _ in COUNTS:
+                    mine = mean_of([(r.get("compute") or {}).get(key) for r in prows])
+                    theirs = mean_of([(r.get("compute") or {}).get(key) for r in by_protocol[debate]])
+                    entry[key] = mine / theirs if mine is not None and theirs else None
+                out.append(entry)
+    return out
+
+
+def compute_ratios_md(ratios: list[dict]) -> list[str]:
+    if not ratios:
+        return []
+    lines = ["## Compute against natural-language debate", "",
+             "Mean FLOPs per item of each channel over NL debate's on the same task and models, under the "
+             "toolkit's KV-cached count and the paper's count (Hoffmann et al., no cache); *< 1/4* says whether "
+             "the paper's claim holds under each.", "",
+             "| task | models | channel | versus | " + " | ".join(f"ratio, {label} | < 1/4" for _, label in COUNTS) + " |",
+             "|" + "---|" * (4 + 2 * len(COUNTS))]
+    for r in ratios:
+        cells = []
+        for key, _ in COUNTS:
+            value = r[key]
+            cells += ["–", "–"] if value is None else [f"{value:.3f}", "yes" if value < 0.25 else "no"]
+        lines.append(f"| {r['task']} | {r['model_pair']} | {r['protocol']} | {r['versus']} | " + " | ".join(cells) + " |")
+    return lines + [""]
