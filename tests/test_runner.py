@@ -138,10 +138,17 @@ def test_sampling_runs_each_item_once_per_seed_and_the_summary_averages_them(tmp
     from interventions.harness.units import work_key
 
     sampling = {"top_p": 0.9, "temperature": 1.5, "seeds": [0, 1]}
+    choices = tmp_path / "mc.jsonl"
+    choices.write_text("".join(json.dumps({"id": f"q{i}", "question": f"w{i + 3}?", "choices": ["w5", "w6 w7"],
+                                           "answer": "w5"}) + "\n" for i in range(3)))
     spec = write_experiment(tmp_path / "e.yaml", tiny_dir, sampling=sampling, max_new_tokens=6,
-                            tasks=[{"name": "countries", "n": 8}], protocols=[{"kind": "silent"}])
+                            tasks=[{"name": "countries", "n": 8},
+                                   {"name": "jsonl", "options": {"path": str(choices), "scoring": "choice_loglik"}}],
+                            protocols=[{"kind": "silent"}])
     experiment = load_experiment(str(spec))
     rows = run_experiment(experiment, tmp_path / "out", progress=False)
+    assert len([r for r in rows if "sampling" not in r]) == 3        # log-likelihoods are not sampled: once
+    rows = [r for r in rows if "sampling" in r]
     assert len(rows) == 8 * 2 and len({r["key"] for r in rows}) == 16
     by_seed = {s: {r["item_id"]: r["prediction"] for r in rows if r["sampling"]["seed"] == s} for s in (0, 1)}
     assert set(by_seed[0]) == set(by_seed[1])                    # the same items under both seeds
@@ -149,8 +156,8 @@ def test_sampling_runs_each_item_once_per_seed_and_the_summary_averages_them(tmp
     assert rows[0]["sampling"] == {"do_sample": True, "top_p": 0.9, "temperature": 1.5, "seed": rows[0]["sampling"]["seed"]}
     # the same seed on the same batches samples the same answers; a finished run resumes with nothing to do
     again = run_experiment(experiment, tmp_path / "again", progress=False)
-    assert {r["key"]: r["prediction"] for r in again} == {r["key"]: r["prediction"] for r in rows}
-    assert len(run_experiment(experiment, tmp_path / "out", progress=False)) == 16
+    assert {r["key"]: r["prediction"] for r in again if "sampling" in r} == {r["key"]: r["prediction"] for r in rows}
+    assert len(run_experiment(experiment, tmp_path / "out", progress=False)) == 16 + 3
     (entry,) = summarize(rows)
     assert entry["n"] == 8 and entry["samples"] == 2
     # greedy experiments keep the keys they had before sampling existed

@@ -34,7 +34,8 @@ class TaskEntry(BaseModel):
 
 class Sampling(BaseModel):
     """Nucleus sampling for every generated answer, once per seed over the same items (greedy when an
-    experiment has none). Each seed is its own work item, so a run resumes per (item, seed)."""
+    experiment has none). Each seed is its own work item, so a run resumes per (item, seed); tasks
+    scored by choice log-likelihoods run once, since nothing is sampled."""
 
     model_config = ConfigDict(extra="forbid")
     top_p: float = Field(0.9, gt=0, le=1)

@@ -135,7 +135,8 @@ def plan(runner: UnitRunner, done: set[str]) -> list[WorkUnit]:
                 limited_to = experiment.protocol_tasks.get(protocol)
                 if not protocol.applies_to(task, pair) or (limited_to and entry.name not in limited_to):
                     continue
-                for sample in experiment.samples():
+                # a choice task's log-likelihoods do not sample: once is enough
+                for sample in experiment.samples() if task.scoring != "choice_loglik" else [None]:
                     sampled = runner.generation(sample)
                     keyed = [(it.id, work_key(protocol, hashes, task.name, it.id, runner.seed, sampled)) for it in items]
                     pending = [(i, key) for i, key in keyed if key not in done]

@@ -49,11 +49,13 @@ def sender_texts(ctx: Context, items, sender: str, completion_tokens: int = 0, t
     model = ctx.model(role)
     if sender != "completion":
         return [sender_prompt(model, ctx.task, it, sender) for it in items], [Compute() for _ in items]
-    key = lambda it: ("completion", role, it.id, completion_tokens, temperature, ctx.seed)  # noqa: E731
+    # under an experiment's sampling, each sampling seed draws its own completion
+    seed = f"{ctx.seed}:{ctx.generation['seed']}" if ctx.generation else ctx.seed
+    key = lambda it: ("completion", role, it.id, completion_tokens, temperature, seed)  # noqa: E731
     missing = [it for it in items if key(it) not in ctx.session.memo]
     if missing:
         prompts = [sender_prompt(model, ctx.task, it, "chat") for it in missing]
-        seeds = [int(hashlib.sha256(f"{ctx.seed}:{it.id}".encode()).hexdigest()[:8], 16) for it in missing]
+        seeds = [int(hashlib.sha256(f"{seed}:{it.id}".encode()).hexdigest()[:8], 16) for it in missing]
         out = ctx.session.decode(role, prompts, (), completion_tokens, Sampler(temperature, seeds))
         for it, prompt, text, compute in zip(missing, prompts, out.texts, out.compute):
             ctx.session.memo[key(it)] = (prompt + text.rstrip(), compute)
