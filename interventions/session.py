@@ -131,6 +131,11 @@ LEAD_BYTES = 1 << 31       # kept generations' hidden states, per process: sessi
 _LEADS: OrderedDict = OrderedDict()
 
 
+def forget_leads() -> None:
+    """Drop the generations kept for handoffs, so the next sweep decodes its own (as a benchmark must)."""
+    _LEADS.clear()
+
+
 class Session:
     def __init__(self, models: dict[str, LoadedModel] | LoadedModel, backend=DEFAULT_BACKEND):
         if isinstance(models, LoadedModel):

@@ -8,7 +8,7 @@ import time
 import torch
 
 from ..models import load_model
-from ..session import Session
+from ..session import Session, forget_leads
 from .prompts import answer_prompt
 from .protocols import PROTOCOLS, Context
 from .tasks import get_task
@@ -118,6 +118,7 @@ def bench_cascade(large: str = "qwen2.5-coder-0.5b", small: str = "smollm2-135m"
     parts = {}
 
     def sweep():
+        forget_leads()      # L's generation is kept per process: each timed sweep must decode it once itself
         ctx = Context(Session(models, "torch"), task, horizon, pool=items)
         for n in ns:
             ReverseCascade(n=n).run(ctx, items)
