@@ -36,7 +36,7 @@ def metered(session):
                 ids = kwargs.get("input_ids", args[0] if args else None)
                 embeds = kwargs.get("inputs_embeds")
                 rows, new = (ids.shape if ids is not None else embeds.shape[:2])
-                past = _length(kwargs.get("past_key_values"))
+                past = _length(kwargs.get("cache", kwargs.get("past_key_values")))   # renamed in transformers 5.25
                 total.charge(role, rows * new, rows * prefill_flops(shape, new, past_tokens=past),
                              rows * hoffmann_forward_flops(shape, past + new))   # no cache: the prefix again
 

@@ -239,7 +239,8 @@ def hide_prefix(rows: torch.Tensor, width: int, layer: int, kernel: str):
         mask = kwargs.get("attention_mask")
         batch, queries = hidden_states.shape[:2]
         if mask is None:   # sdpa skips the mask when one new token sees every key: build it
-            past = kwargs["past_key_values"].layers[layer].get_seq_length()
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))   # transformers >= 5.25 calls it cache
+            past = cache.layers[layer].get_seq_length()
             slots = torch.arange(past + queries, device=hidden_states.device)
             allowed = (slots[None, :] <= past + torch.arange(queries, device=slots.device)[:, None])
             allowed = allowed.expand(batch, 1, queries, past + queries)
