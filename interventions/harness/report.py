@@ -12,8 +12,8 @@ from .selection import heldout_choices, heldout_md
 from .versus_text import compute_ratios, compute_ratios_md
 from .analysis import (manifold_correlations, manifold_md, plot_accuracy_vs_distance, reference_differences,
                        reference_md)
-from .rows import (DELTA_COLUMNS, TESTS_MD, delta_cells, grouped, mean_of, model_pair, paired, per_item, slug,
-                   with_holm)
+from .rows import (DELTA_COLUMNS, TESTS_MD, delta_cells, for_pair, grouped, mean_of, model_pair, paired, per_item,
+                   slug, with_holm)
 from .stats import smallest_significant_difference, wilson_interval
 
 
@@ -76,10 +76,9 @@ def paired_differences(rows: list[dict], baseline_protocol: str | dict | None, n
         if not base_rows:
             continue
         for (protocol, pair), grp in grouped(trows, lambda r: (r["protocol"], model_pair(r))).items():
-            same_pair = [r for r in base_rows if model_pair(r) == pair]
-            if protocol == base_name and same_pair:
-                continue  # the baseline against itself
-            res = paired(grp, same_pair or base_rows, n_boot, seed)
+            if protocol == base_name:
+                continue  # the baseline against itself (its rows of this pair are the baseline's)
+            res = paired(grp, for_pair(base_rows, pair), n_boot, seed)
             if res:
                 res["baseline_acc"] = res.pop("other_acc")
                 out.append({"task": task, "protocol": protocol, "model_pair": pair, "baseline": base_name, **res})

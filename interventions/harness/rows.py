@@ -39,6 +39,12 @@ def paired(rows: list[dict], other_rows: list[dict], n_boot: int, seed: int) -> 
     return {"n_shared": len(shared), "acc": mean_of(a), "other_acc": mean_of(b), **res, **sign_test(a, b)}
 
 
+def for_pair(rows: list[dict], pair: str) -> list[dict]:
+    """A baseline's rows with this model pair when it has them, else all of them (a single-model
+    baseline against a two-model protocol)."""
+    return [r for r in rows if model_pair(r) == pair] or rows
+
+
 def with_holm(diffs: list[dict], family=lambda d: d["task"]) -> list[dict]:
     """Add ``p_holm`` to each comparison: Holm over the exact p-values of its family (by default every
     comparison of its task, so a sweep's cells are corrected together)."""

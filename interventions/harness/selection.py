@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
-from .rows import DELTA_COLUMNS, delta_cells, grouped, mean_of, model_pair, paired, per_item, with_holm
+from .rows import DELTA_COLUMNS, delta_cells, for_pair, grouped, mean_of, model_pair, paired, per_item, with_holm
 
 
 def selection_half(item_id: str) -> bool:
@@ -41,8 +41,7 @@ def heldout_choices(rows: list[dict], baseline: dict, n_boot: int = 10000, seed:
         report_rows = [r for r in cells[chosen] if not selection_half(r["item_id"])]
         base_rows = [r for r in rows if r["task"] == task and r["protocol"] == baseline.get(task)
                      and not selection_half(r["item_id"])]
-        same_pair = [r for r in base_rows if model_pair(r) == pair]
-        res = paired(report_rows, same_pair or base_rows, n_boot, seed) if report_rows else None
+        res = paired(report_rows, for_pair(base_rows, pair), n_boot, seed) if report_rows else None
         if res is None:
             continue
         res["baseline_acc"] = res.pop("other_acc")

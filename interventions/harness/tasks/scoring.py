@@ -61,31 +61,28 @@ def first_line(text: str) -> str:
     return ""
 
 
-def earliest_match(text: str, candidates: dict[str, list[str]], case_sensitive: set[str] = frozenset()) -> str | None:
-    """Key of the candidate whose alias occurs first in `text` (whole-word match), or None.
-
-    Aliases in `case_sensitive` (e.g. "US") are matched as written, others ignoring case.
-    """
-    best: tuple[int, int, str] | None = None
+def _mentions(text: str, candidates: dict[str, list[str]], case_sensitive: set[str]):
+    """(start, -len(alias), key) for every alias the text names as whole words; aliases in
+    ``case_sensitive`` (e.g. "US") are matched as written, others ignoring case."""
     for key, aliases in candidates.items():
         for alias in aliases:
             flags = 0 if alias in case_sensitive else re.IGNORECASE
-            m = re.search(r"(?<!\w)" + re.escape(alias) + r"(?!\w)", text, flags)
-            # ties at the same position go to the longer alias ("South Africa" over "South")
-            if m and (best is None or (m.start(), -len(alias)) < (best[0], best[1])):
-                best = (m.start(), -len(alias), key)
-    return best[2] if best else None
+            m = re.search(r"(?<!\w)" + re.escape(alias) + r"(?!\w)", text or "", flags)
+            if m:
+                yield m.start(), -len(alias), key
+
+
+def earliest_match(text: str, candidates: dict[str, list[str]], case_sensitive: set[str] = frozenset()) -> str | None:
+    """Key of the candidate whose alias occurs first in `text` (whole-word match), or None; ties at the
+    same position go to the longer alias ("South Africa" over "South")."""
+    return min(_mentions(text, candidates, case_sensitive), key=lambda m: m[:2], default=(0, 0, None))[2]
 
 
 def named_choices(text: str, candidates: dict[str, list[str]], case_sensitive: set[str] = frozenset()) -> list[str]:
     """Keys of every candidate the text names (any alias, whole words), in order of first mention."""
     first: dict[str, int] = {}
-    for key, aliases in candidates.items():
-        for alias in aliases:
-            flags = 0 if alias in case_sensitive else re.IGNORECASE
-            m = re.search(r"(?<!\w)" + re.escape(alias) + r"(?!\w)", text or "", flags)
-            if m and m.start() < first.get(key, len(text) + 1):
-                first[key] = m.start()
+    for start, _, key in _mentions(text, candidates, case_sensitive):
+        first[key] = min(start, first.get(key, start))
     return sorted(first, key=first.get)
 
 
