@@ -256,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run an experiment from the catalog (name or YAML path); resumes")
     p.add_argument("experiment")
     p.add_argument("--limit", type=positive_int, default=None, help="at most this many items per task")
+    p.add_argument("--tasks", default=None, help="only these of the experiment's tasks (comma-separated); a later "
+                                                 "full run resumes around them")
+    p.add_argument("--pairs", default=None, help="only these of its pairs, each A>B (comma-separated)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--out", default=None, help="output dir (default results/<experiment>/)")
     p.add_argument("--backend", choices=BACKENDS, default=None)

@@ -97,8 +97,24 @@ def test_two_model_protocol_with_one_model(tmp_path, tiny_dir):
         run_experiment(load_experiment(str(path)), tmp_path / "out", progress=False)
 
 
+def test_part_of_an_experiment_runs_first_and_the_full_run_resumes_around_it(tmp_path, tiny_dir):
+    path = write_experiment(tmp_path / "e.yaml", tiny_dir, tasks=[{"name": "countries", "n": 4},
+                                                                   {"name": "tip_sheets", "n": 4}])
+    experiment = load_experiment(str(path))
+    with pytest.raises(ExperimentFormatError, match="no task 'tip_sheet'.*Did you mean 'tip_sheets'"):
+        experiment.only(tasks=["tip_sheet"])
+    with pytest.raises(ExperimentFormatError, match="Its pairs: "):
+        experiment.only(pairs=["a>b"])
+    part = run_experiment(experiment.only(tasks=["tip_sheets"], pairs=[f"{tiny_dir}>{tiny_dir}"]),
+                          tmp_path / "out", progress=False)
+    assert {r["task"] for r in part} == {"tip_sheets"} and len(part) == 4 * 3
+    full = run_experiment(experiment, tmp_path / "out", progress=False)
+    assert len(full) == 8 * 3 and [r["key"] for r in full[:len(part)]] == [r["key"] for r in part]
+
+
 def test_catalog_entries_parse():
-    for name in ("quickstart", "ac_coordination", "ac_reasoning", "d2_reverse_cascade"):
+    for name in ("quickstart", "ac_coordination", "ac_reasoning", "d2_reverse_cascade", "ac_replication_games",
+                 "ac_replication_reasoning"):
         experiment = load_experiment(name)
         assert experiment.protocols and experiment.tasks
 

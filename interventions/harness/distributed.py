@@ -204,7 +204,9 @@ def experiment_source(experiment) -> dict:
     if experiment.path is None:
         raise InterventionError("a Ray run needs the experiment as a file: load it with load_experiment(path)")
     path = Path(experiment.path).resolve()
-    data = {**yaml.safe_load(path.read_text()), "device": experiment.device, "dtype": experiment.dtype}  # with --device/--dtype
+    # with --device/--dtype, and only the tasks and pairs of this run (units name them by position)
+    data = {**yaml.safe_load(path.read_text()), "device": experiment.device, "dtype": experiment.dtype,
+            "tasks": [entry.model_dump() for entry in experiment.tasks], "pairs": experiment.pairs}
     return {"data": data, "where": str(experiment.path), "path": str(path)}
 
 

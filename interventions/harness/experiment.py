@@ -98,6 +98,28 @@ class Experiment(BaseModel):
         """The sampling seeds each item runs under; [None] for greedy decoding."""
         return list(self.sampling.seeds) if self.sampling else [None]
 
+    def only(self, tasks: list[str] | None = None, pairs: list[str] | None = None) -> Experiment:
+        """This experiment restricted to some tasks and pairs (a pair named ``A>B``), so a long run can do
+        its cheap part first; work keys do not depend on what else an experiment holds, so a later full run
+        resumes around what this one saved."""
+        update = {}
+        if tasks:
+            known = [entry.name for entry in self.tasks]
+            _check_names(tasks, known, "task")
+            update["tasks"] = [entry for entry in self.tasks if entry.name in tasks]
+        if pairs:
+            known = [f"{pair['A']}>{pair['B']}" for pair in self.pairs]
+            _check_names(pairs, known, "pair")
+            update["pairs"] = [pair for pair, name in zip(self.pairs, known) if name in pairs]
+        return self.model_copy(update=update)
+
+
+def _check_names(names: list[str], known: list[str], what: str) -> None:
+    for name in names:
+        if name not in known:
+            raise ExperimentFormatError(f"this experiment has no {what} {name!r}.{suggest(name, known)} "
+                                        f"Its {what}s: {', '.join(known)}.")
+
 
 def describe_errors(error: ValidationError, where: str, fields: list[str]) -> str:
     """One line per problem, naming the field; unknown keys get close names and the allowed ones."""

@@ -133,7 +133,8 @@ def report(experiment: Experiment, out_dir: Path | None = None) -> dict:
 
 def run_experiment_cli(args) -> None:
     experiment = load_experiment(args.experiment)
-    rows = run_experiment(experiment, args.out, args.limit, args.seed, args.backend, wait=args.wait,
+    part = experiment.only(_names(args.tasks), _names(args.pairs))
+    rows = run_experiment(part, args.out, args.limit, args.seed, args.backend, wait=args.wait,
                           device=args.device, dtype=args.dtype,
                           ray=getattr(args, "ray", None), workers=getattr(args, "workers", None))
     report(experiment, args.out)
@@ -141,6 +142,10 @@ def run_experiment_cli(args) -> None:
     print(f"\n{len(rows)} rows in {out / RESULTS_FILE}; report in {out / 'summary.md'}\n")
     text = (out / "summary.md").read_text()
     print(text.split("## Plots")[0])
+
+
+def _names(option: str | None) -> list[str] | None:
+    return [name.strip() for name in option.split(",") if name.strip()] if option else None
 
 
 def report_cli(args) -> None:
