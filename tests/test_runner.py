@@ -112,6 +112,25 @@ def test_part_of_an_experiment_runs_first_and_the_full_run_resumes_around_it(tmp
     assert len(full) == 8 * 3 and [r["key"] for r in full[:len(part)]] == [r["key"] for r in part]
 
 
+def test_a_protocol_entry_limited_to_some_pairs(tmp_path, tiny_dir):
+    from tiny_models import tiny_model
+
+    other = tiny_model("llama", seed=1, width=48)
+    other.hf.save_pretrained(tmp_path / "wide")
+    other.tokenizer.save_pretrained(tmp_path / "wide")
+    a, b = str(tiny_dir), str(tmp_path / "wide")
+    path = write_experiment(tmp_path / "e.yaml", tiny_dir, tasks=[{"name": "countries", "n": 2}],
+                            pairs=[{"A": a, "B": a}, {"A": a, "B": b}],
+                            protocols=[{"kind": "silent"}, {"kind": "ac", "combine": "sum", "k": 1, "j": 1,
+                                                            "align": "trailing", "pairs": [f"{a}>{b}"]}])
+    rows = run_experiment(load_experiment(str(path)), tmp_path / "out", progress=False)
+    trailing = [r for r in rows if r["protocol"] != "silent"]
+    assert len(rows) == 2 * 2 + 2 and {r["models"]["B"]["name"] for r in trailing} == {b}
+    bad = write_experiment(tmp_path / "f.yaml", tiny_dir, protocols=[{"kind": "silent", "pairs": [f"{a}>{b}"]}])
+    with pytest.raises(ExperimentFormatError, match=r"protocols\[0\]\.pairs: this experiment has no pair"):
+        load_experiment(str(bad))
+
+
 def test_catalog_entries_parse():
     for name in ("quickstart", "ac_coordination", "ac_reasoning", "d2_reverse_cascade", "ac_replication_games",
                  "ac_replication_reasoning"):

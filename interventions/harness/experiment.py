@@ -80,6 +80,7 @@ class Experiment(BaseModel):
     tasks: list[TaskEntry]
     protocols: list[Protocol]
     protocol_tasks: dict = Field(default_factory=dict)   # Protocol -> task names it is limited to (None: all)
+    protocol_pairs: dict = Field(default_factory=dict)   # Protocol -> pair names (A>B) it is limited to (None: all)
     seed: int = 0
     backend: str = "torch"
     device: str = "cpu"
@@ -108,16 +109,21 @@ class Experiment(BaseModel):
             _check_names(tasks, known, "task")
             update["tasks"] = [entry for entry in self.tasks if entry.name in tasks]
         if pairs:
-            known = [f"{pair['A']}>{pair['B']}" for pair in self.pairs]
+            known = [pair_name(pair) for pair in self.pairs]
             _check_names(pairs, known, "pair")
             update["pairs"] = [pair for pair, name in zip(self.pairs, known) if name in pairs]
         return self.model_copy(update=update)
 
 
-def _check_names(names: list[str], known: list[str], what: str) -> None:
+def pair_name(pair: dict) -> str:
+    """How ``--pairs`` and a protocol entry's ``pairs:`` name a pair: ``A>B`` (one model: its name)."""
+    return ">".join(pair[role] for role in ("A", "B") if role in pair)
+
+
+def _check_names(names: list[str], known: list[str], what: str, where: str = "") -> None:
     for name in names:
         if name not in known:
-            raise ExperimentFormatError(f"this experiment has no {what} {name!r}.{suggest(name, known)} "
+            raise ExperimentFormatError(f"{where}this experiment has no {what} {name!r}.{suggest(name, known)} "
                                         f"Its {what}s: {', '.join(known)}.")
 
 
@@ -143,14 +149,14 @@ def _expands(cls: type[Protocol], key: str) -> bool:
 
 
 def expand_protocol(entry: dict, where: str, base_dir: Path | None = None) -> list[Protocol]:
-    """One protocol entry (``tasks:`` aside) to its instances; lists expand to their product."""
+    """One protocol entry (``tasks:`` and ``pairs:`` aside) to its instances; lists expand to their product."""
     if not isinstance(entry, dict) or "kind" not in entry:
         raise ExperimentFormatError(f"{where}: a protocol entry needs a 'kind'. Known: {', '.join(PROTOCOLS)}.")
-    entry = {k: v for k, v in entry.items() if k != "tasks"}
+    entry = {k: v for k, v in entry.items() if k not in ("tasks", "pairs")}
     cls = PROTOCOLS.get(entry.pop("kind"))
     keys = list(entry)
     values = [v if isinstance(v, list) and _expands(cls, k) else [v] for k, v in entry.items()]
-    fields = [*cls.model_fields, "kind", "tasks"]
+    fields = [*cls.model_fields, "kind", "tasks", "pairs"]
     out = []
     for combo in itertools.product(*values):
         try:
@@ -186,18 +192,20 @@ def build_experiment(data, where: str, base_dir: Path | None = None, path: Path 
         raise ExperimentFormatError(describe_errors(error, where, list(ExperimentFile.model_fields))) from None
     load_plugins(parsed.plugins, base_dir)
     tasks = parsed.tasks
-    protocols, protocol_tasks = [], {}
+    pair_names = [pair_name(pair) for pair in parsed.pairs]
+    protocols, protocol_tasks, protocol_pairs = [], {}, {}
     for i, entry in enumerate(parsed.protocols):
+        if isinstance(entry, dict) and "pairs" in entry:
+            _check_names(entry["pairs"], pair_names, "pair", f"{where}: protocols[{i}].pairs: ")
         for protocol in expand_protocol(entry, f"{where}: protocols[{i}]", base_dir):
             # entries may overlap (a sweep containing the headline setting): run each once,
-            # on the union of the tasks its entries ask for (None = every task)
-            limit = tuple(entry["tasks"]) if "tasks" in entry else None
-            if protocol in protocol_tasks:
-                before = protocol_tasks[protocol]
-                protocol_tasks[protocol] = None if before is None or limit is None else before + limit
-            else:
+            # on the union of the tasks and pairs its entries ask for (None = every one)
+            if protocol not in protocol_tasks:
                 protocols.append(protocol)
-                protocol_tasks[protocol] = limit
+            for limits, key in ((protocol_tasks, "tasks"), (protocol_pairs, "pairs")):
+                limit = tuple(entry[key]) if key in entry else None
+                before = limits.get(protocol, ())
+                limits[protocol] = None if before is None or limit is None else before + limit
     names = [p.name for p in protocols]
     for name in parsed.reference:
         if name not in names:
@@ -205,7 +213,7 @@ def build_experiment(data, where: str, base_dir: Path | None = None, path: Path 
     fields = parsed.model_dump(exclude={"tasks", "protocols", "name", "sampling"})
     fields["sampling"] = parsed.sampling
     return Experiment(name=parsed.name or (path.stem if path else "experiment"), tasks=tasks, protocols=protocols,
-                      protocol_tasks=protocol_tasks, path=path, **fields)
+                      protocol_tasks=protocol_tasks, protocol_pairs=protocol_pairs, path=path, **fields)
 
 
 def load_experiment(name_or_path: str) -> Experiment:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ..errors import InterventionError
 from ..models import load_model
 from ..session import Session
-from .experiment import Experiment
+from .experiment import Experiment, pair_name
 from .protocols import Context, Protocol
 from .tasks import get_task
 
@@ -132,8 +132,9 @@ def plan(runner: UnitRunner, done: set[str]) -> list[WorkUnit]:
         for t, (entry, task) in enumerate(zip(experiment.tasks, runner.tasks)):
             items = runner.items(t)
             for k, protocol in enumerate(experiment.protocols):
-                limited_to = experiment.protocol_tasks.get(protocol)
-                if not protocol.applies_to(task, pair) or (limited_to and entry.name not in limited_to):
+                tasks, pairs = experiment.protocol_tasks.get(protocol), experiment.protocol_pairs.get(protocol)
+                if (not protocol.applies_to(task, pair) or (tasks and entry.name not in tasks)
+                        or (pairs and pair_name(pair) not in pairs)):
                     continue
                 # a choice task's log-likelihoods do not sample: once is enough
                 for sample in experiment.samples() if task.scoring != "choice_loglik" else [None]:
