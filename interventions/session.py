@@ -396,8 +396,8 @@ class Session:
         cont_positions = (program.offsets + mask.sum(1))[owner, None] + torch.arange(width)
         with program.running(rows=owner):
             second = model.hf(**model.on_device({"input_ids": cont, "position_ids": cont_positions,
-                                                 "attention_mask": torch.cat([program.full_mask[owner], cont_mask], 1)}),
-                              past_key_values=cache, use_cache=True)
+                                                 "attention_mask": torch.cat([program.full_mask[owner], cont_mask], 1),
+                                                 "past_key_values": cache}), use_cache=True)
         later_lp = torch.log_softmax(second.logits[:, :-1].float(), dim=-1)
         out: list[list[float]] = [[] for _ in cont_ids]
         for r, (i, c) in enumerate(rows):

@@ -41,6 +41,7 @@ def sender_state(model, text, layer):
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
 @pytest.mark.parametrize("backend", ["torch", "nnsight", "transformer_lens"])
 @pytest.mark.parametrize("grafted", [False, True])
+@pytest.mark.filterwarnings("error:.*past_key_values.*:FutureWarning")  # the cache goes by the name forward takes
 def test_shared_prefix_logliks_match_reference(family, backend, grafted):
     model = tiny_model(family)
     contexts = ["w3 w4 w5 w6", "w7 w8", "w9 w10 w11 w12 w13 w14"]

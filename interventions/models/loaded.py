@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,8 +63,12 @@ class LoadedModel:
         return self.adapter.embedding(self.hf)(torch.as_tensor(ids, dtype=torch.long, device=self.device))
 
     def on_device(self, batch: dict) -> dict:
-        """``batch`` with every tensor moved to the model's device (caches and flags as they are)."""
-        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        """``batch`` with every tensor moved to the model's device (caches and flags as they are), the
+        KV cache under the name this transformers release's forward takes."""
+        moved = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        if "past_key_values" in moved:
+            moved[cache_keyword(type(self.hf))] = moved.pop("past_key_values")
+        return moved
 
     @property
     def max_positions(self) -> int | None:
@@ -129,3 +135,10 @@ class LoadedModel:
 
         return INPUTS.get(self.adapter.inputs)(self, [prompts] if isinstance(prompts, str) else list(prompts),
                                                add_special_tokens)
+
+
+@functools.cache
+def cache_keyword(model_class: type) -> str:
+    """transformers 5.25 renamed a forward's ``past_key_values`` to ``cache`` (the old name still
+    works, with a deprecation warning on every call); earlier 5.x releases take only the old name."""
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
