@@ -143,10 +143,15 @@ def test_channel_compute_against_debate_under_both_counts(tmp_path):
         ac["protocol_spec"], ac["compute"]["flops_no_cache"] = {"kind": "ac"}, 20.0
         debate = row("nl_debate_r2", i, 1.0, flops=100.0)
         debate["protocol_spec"], debate["compute"]["flops_no_cache"] = {"kind": "nl_debate"}, 100.0
-        rows += [ac, debate, row("B_alone", i, 0.0)]
-    (ratio,) = compute_ratios(rows)
+        control = row("ac_sum_ctl-random", i, 0.0, flops=30.0)
+        control["protocol_spec"] = {"kind": "ac", "control": "random"}
+        message = row("nl_message", i, 1.0, flops=60.0)
+        message["protocol_spec"], message["compute"]["flops_no_cache"] = {"kind": "nl_message"}, 40.0
+        rows += [ac, debate, control, message, row("B_alone", i, 0.0)]
+    ratio, to_message = compute_ratios(rows)   # the control is not a channel of its own
     assert (ratio["protocol"], ratio["versus"]) == ("ac_sum", "nl_debate_r2")
     assert ratio["flops"] == pytest.approx(0.3) and ratio["flops_no_cache"] == pytest.approx(0.2)
+    assert to_message["versus"] == "nl_message" and to_message["flops_no_cache"] == pytest.approx(0.5)
     write_report(rows, tmp_path, "t", baseline_protocol="B_alone")
     md = (tmp_path / "summary.md").read_text()
     assert "| t1 | A=tiny-a, B=tiny-b | ac_sum | nl_debate_r2 | 0.300 | no | 0.200 | yes |" in md

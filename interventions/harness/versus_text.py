@@ -1,6 +1,7 @@
-"""What a latent channel costs against natural-language debate, under both FLOP counts.
+"""What a latent channel costs against natural-language communication, under both FLOP counts.
 
-Ramesh & Li 2025 report activation communication at "< 1/4 the compute" of NL debate, counted as
+Ramesh & Li 2025 report activation communication at "< 1/4 the compute" of text (NL debate on
+reasoning, an NL message in the coordination games), counted as
 Hoffmann et al. without a KV cache. Every row carries that count (``flops_no_cache``) beside the
 toolkit's KV-cached one, so the ratio is given under both and the claim is checked under each.
 """
@@ -16,20 +17,25 @@ def _kind(row: dict) -> str:
     return (row.get("protocol_spec") or {}).get("kind", "")
 
 
-def compute_ratios(rows: list[dict], channel_kinds=("ac",), text_kind: str = "nl_debate") -> list[dict]:
-    """Per task and model pair: each channel protocol's mean FLOPs over each NL debate's, both counts."""
+def _control(row: dict) -> bool:
+    return (row.get("protocol_spec") or {}).get("control", "none") != "none"
+
+
+def compute_ratios(rows: list[dict], channel_kinds=("ac",), text_kinds=("nl_debate", "nl_message")) -> list[dict]:
+    """Per task and model pair: each channel protocol's mean FLOPs over each text protocol's, both counts
+    (a control costs what its channel does, so it is left out)."""
     out = []
     for (task, pair), grp in grouped(rows, lambda r: (r["task"], model_pair(r))).items():
         by_protocol = grouped(grp, lambda r: r["protocol"])
-        debates = [p for p, prs in by_protocol.items() if _kind(prs[0]) == text_kind]
+        texts = [p for p, prs in by_protocol.items() if _kind(prs[0]) in text_kinds]
         for protocol, prows in by_protocol.items():
-            if _kind(prows[0]) not in channel_kinds:
+            if _kind(prows[0]) not in channel_kinds or _control(prows[0]):
                 continue
-            for debate in debates:
-                entry = {"task": task, "model_pair": pair, "protocol": protocol, "versus": debate}
+            for text in texts:
+                entry = {"task": task, "model_pair": pair, "protocol": protocol, "versus": text}
                 for key, _ in COUNTS:
                     mine = mean_of([(r.get("compute") or {}).get(key) for r in prows])
-                    theirs = mean_of([(r.get("compute") or {}).get(key) for r in by_protocol[debate]])
+                    theirs = mean_of([(r.get("compute") or {}).get(key) for r in by_protocol[text]])
                     entry[key] = mine / theirs if mine is not None and theirs else None
                 out.append(entry)
     return out
@@ -38,8 +44,9 @@ def compute_ratios(rows: list[dict], channel_kinds=("ac",), text_kind: str = "nl
 def compute_ratios_md(ratios: list[dict]) -> list[str]:
     if not ratios:
         return []
-    lines = ["## Compute against natural-language debate", "",
-             "Mean FLOPs per item of each channel over NL debate's on the same task and models, under the "
+    lines = ["## Compute against natural-language communication", "",
+             "Mean FLOPs per item of each channel over each text protocol's (NL debate, NL message) on the same "
+             "task and models, under the "
              "toolkit's KV-cached count and the paper's count (Hoffmann et al., no cache); *< 1/4* says whether "
              "the paper's claim holds under each.", "",
              "| task | models | channel | versus | " + " | ".join(f"ratio, {label} | < 1/4" for _, label in COUNTS) + " |",
