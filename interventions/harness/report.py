@@ -315,12 +315,24 @@ def _plot_acc_vs_flops(plt, summary, out_dir) -> Path | None:
 AXIS_LABELS = {"k": "k (sender A layer)", "j": "j (receiver B layer)"}
 
 
+def _axis_label(axis: str, values) -> str:
+    label = AXIS_LABELS.get(axis, axis)
+    if all(isinstance(v, float) and 0 <= v < 1 for v in values):   # fractions of the depth (a Site's float layer)
+        label = label.replace(" layer)", " relative depth)")
+    return label
+
+
 def _sortable(value):
     return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
 
 
-def _plot_sweep_heatmaps(plt, rows, out_dir) -> list[Path]:
+def _plot_sweep_heatmaps(plt, rows, out_dir, baselines: dict | None = None, choices=()) -> list[Path]:
+    """One (k, j) map per task, family and pair; the title gives the baseline's accuracy for the pair,
+    and a box marks the cell chosen on held-out items (``choices``)."""
     import numpy as np
+    from matplotlib.patches import Rectangle
+
+    chosen = {(c["task"], c["model_pair"], c["family"]): c["chosen"] for c in choices}
 
     swept = [r for r in rows if _axes(r.get("params") or {})]
     paths = []
@@ -346,9 +358,18 @@ def _plot_sweep_heatmaps(plt, rows, out_dir) -> list[Path]:
                         color="white" if val < 0.6 else "black")
             ax.set_xticks(range(len(js)), [str(j) for j in js])
             ax.set_yticks(range(len(ks)), [str(k) for k in ks])
-            ax.set_xlabel(AXIS_LABELS.get(x_axis, x_axis))
-            ax.set_ylabel(AXIS_LABELS.get(y_axis, y_axis))
-            ax.set_title(f"{task}: {fam} mean score over ({y_axis}, {x_axis})" + (f"\n{pair}" if len(pairs) > 1 else ""), fontsize=10)
+            ax.set_xlabel(_axis_label(x_axis, js))
+            ax.set_ylabel(_axis_label(y_axis, ks))
+            picked = [r for r in prow if r["protocol"] == chosen.get((task, pair, fam))]
+            if picked:
+                cell = (js.index(picked[0]["params"][x_axis]) - 0.5, ks.index(picked[0]["params"][y_axis]) - 0.5)
+                ax.add_patch(Rectangle(cell, 1, 1, fill=False, edgecolor="red", linewidth=2))
+            baseline = (baselines or {}).get(task)
+            base_acc = mean_of(per_item(for_pair([r for r in rows if r["task"] == task and r["protocol"] == baseline],
+                                                 pair)).values()) if baseline else None
+            ax.set_title(f"{task}: {fam} mean score over ({y_axis}, {x_axis})" + (f"\n{pair}" if len(pairs) > 1 else "")
+                         + (f"\n{baseline}: {base_acc:.2f}" if base_acc is not None else "")
+                         + ("; box: chosen on held-out items" if picked else ""), fontsize=9)
             fig.colorbar(im, ax=ax, label="mean score")
             fig.tight_layout()
             suffix = f"_{slug(pair)}" if len(pairs) > 1 else ""
@@ -393,7 +414,7 @@ def write_report(rows: list[dict], out_dir, title: str, notes_md: str = "",
              for task, entries in grouped(summary, lambda s: s["task"]).items()]
     plots.append(_plot_acc_vs_flops(plt, summary, out_dir))
     plots += _plot_accuracy_grids(plt, summary, out_dir)
-    plots += _plot_sweep_heatmaps(plt, rows, out_dir)
+    plots += _plot_sweep_heatmaps(plt, rows, out_dir, {d["task"]: d["baseline"] for d in diffs}, choices)
     plots += plot_accuracy_vs_distance(plt, rows, out_dir)
     plots += cascade_plots(plt, rows, out_dir)
     plots = [p for p in plots if p is not None]
