@@ -155,3 +155,25 @@ def test_channel_compute_against_debate_under_both_counts(tmp_path):
     write_report(rows, tmp_path, "t", baseline_protocol="B_alone")
     md = (tmp_path / "summary.md").read_text()
     assert "| t1 | A=tiny-a, B=tiny-b | ac_sum | nl_debate_r2 | 0.300 | no | 0.200 | yes |" in md
+
+
+def test_debate_agreement_names_whose_answer_the_debate_returns(tmp_path):
+    from interventions.harness.debate_report import debate_agreement
+
+    def answered(protocol, kind, i, prediction, **spec):
+        r = row(protocol, i, 0.0)
+        r["protocol_spec"], r["prediction"] = {"kind": kind, **spec}, prediction
+        return r
+
+    rows = []
+    for i, (a, b, final, agree) in enumerate([("x", "y", "y", False), ("x", "x", "x", True), ("z", "y", "z", False),
+                                              ("x", "y", "y", True)]):
+        rows += [answered("single_A", "single", i, a, role="A"), answered("single_B", "single", i, b, role="B")]
+        debate = answered("nl_debate_r2", "nl_debate", i, final)
+        debate["extra"] = {"agree": agree}
+        rows.append(debate)
+    (entry,) = debate_agreement(rows)
+    assert entry["n"] == 4 and entry["agree"] == pytest.approx(0.5)
+    assert entry["same_as_A"] == pytest.approx(2 / 4) and entry["same_as_B"] == pytest.approx(3 / 4)
+    write_report(rows, tmp_path, "t", baseline_protocol="single_B")
+    assert "| t1 | A=tiny-a, B=tiny-b | nl_debate_r2 | 4 | 0.50 | 0.50 | 0.75 |" in (tmp_path / "summary.md").read_text()

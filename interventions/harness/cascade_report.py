@@ -7,18 +7,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .rows import grouped, mean_of, model_pair, slug
+from .rows import grouped, kind_of, mean_of, model_pair, slug
 from .stats import wilson_interval
 
 KINDS = ("reverse_cascade", "cascade")
 
 
-def _kind(row: dict) -> str:
-    return (row.get("protocol_spec") or {}).get("kind", "")
-
-
 def cascade_rows(rows: list[dict]) -> list[dict]:
-    return [r for r in rows if _kind(r) in KINDS or r["protocol"] in ("single_A", "single_B")]
+    return [r for r in rows if kind_of(r) in KINDS or r["protocol"] in ("single_A", "single_B")]
 
 
 def _handed(row: dict) -> int | None:
@@ -29,7 +25,7 @@ def cascade_md(rows: list[dict]) -> list[str]:
     """Per (pair, task, protocol): accuracy, FLOPs per item from L and from S, and for handoffs the
     mean handoff point, how often the trigger's own rule fired, and how often L had already finished."""
     rows = cascade_rows(rows)
-    if not any(_kind(r) in KINDS for r in rows):
+    if not any(kind_of(r) in KINDS for r in rows):
         return []
     md = ["## Cascades: compute split and handoff points", "",
           "L is role A, S role B. FLOPs are per item (mean); *handed* is the mean number of L's tokens S "
@@ -69,7 +65,7 @@ def plot_accuracy_vs_n(plt, rows, out_dir: Path) -> list[Path]:
     with L alone and S alone as horizontal lines."""
     paths = []
     for (pair, task), group in grouped(cascade_rows(rows), lambda r: (model_pair(r), r["task"])).items():
-        fixed = [r for r in group if _kind(r) == "reverse_cascade" and _fixed_n(r) is not None
+        fixed = [r for r in group if kind_of(r) == "reverse_cascade" and _fixed_n(r) is not None
                  and (r.get("protocol_spec") or {}).get("control", "none") == "none"]
         if not fixed:
             continue
@@ -113,7 +109,7 @@ def plot_frontier(plt, rows, out_dir: Path) -> list[Path]:
     the accuracy-FLOPs frontier over all of them."""
     paths = []
     for (pair, task), group in grouped(cascade_rows(rows), lambda r: (model_pair(r), r["task"])).items():
-        if not any(_kind(r) in KINDS for r in group):
+        if not any(kind_of(r) in KINDS for r in group):
             continue
         fig, ax = plt.subplots(figsize=(7.5, 4.5))
         points = []
@@ -140,7 +136,7 @@ def plot_entropy_traces(plt, rows, out_dir: Path, n_items: int = 4) -> list[Path
     """Per task: L's entropy trace on its first ``n_items`` items, with a mark where each entropy
     trigger handed off (filled: its rule fired; hollow: it fell back)."""
     paths = []
-    triggered = [r for r in rows if _kind(r) == "reverse_cascade" and _fixed_n(r) is None
+    triggered = [r for r in rows if kind_of(r) == "reverse_cascade" and _fixed_n(r) is None
                  and (r.get("extra") or {}).get("handoff")]
     for task, group in grouped(triggered, lambda r: r["task"]).items():
         items = list(dict.fromkeys(r["item_id"] for r in group))[:n_items]
@@ -174,7 +170,7 @@ def save_figure(plt, fig, path: Path) -> Path:
 
 
 def cascade_plots(plt, rows, out_dir: Path) -> list[Path]:
-    if not any(_kind(r) in KINDS for r in rows):
+    if not any(kind_of(r) in KINDS for r in rows):
         return []
     return plot_accuracy_vs_n(plt, rows, out_dir) + plot_frontier(plt, rows, out_dir) + \
         plot_entropy_traces(plt, rows, out_dir)

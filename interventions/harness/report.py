@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .cascade_report import cascade_md, cascade_plots
 from .selection import heldout_choices, heldout_md
+from .debate_report import debate_agreement, debate_agreement_md
 from .versus_text import compute_ratios, compute_ratios_md
 from .analysis import (manifold_correlations, manifold_md, plot_accuracy_vs_distance, reference_differences,
                        reference_md)
@@ -409,6 +410,7 @@ def write_report(rows: list[dict], out_dir, title: str, notes_md: str = "",
     correlations = manifold_correlations(rows)
     choices = heldout_choices(rows, {d["task"]: d["baseline"] for d in diffs})
     ratios = compute_ratios(rows)
+    debates = debate_agreement(rows)
 
     plots = [_plot_accuracy(plt, task, entries, out_dir)
              for task, entries in grouped(summary, lambda s: s["task"]).items()]
@@ -426,7 +428,7 @@ def write_report(rows: list[dict], out_dir, title: str, notes_md: str = "",
     if data_note:  # the reader skipped lines of results.jsonl: say so where the numbers are
         md += [f"**Reading results.jsonl:** {data_note}; `interventions check` lists them.", ""]
     md += _summary_md(summary) + _paired_md(diffs) + heldout_md(choices) + _controls_md(controls)
-    md += compute_ratios_md(ratios) + reference_md(versus_reference) + manifold_md(correlations) + cascade_md(rows)
+    md += debate_agreement_md(debates) + compute_ratios_md(ratios) + reference_md(versus_reference) + manifold_md(correlations) + cascade_md(rows)
     md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     if notes_md:
         md += [notes_md]
@@ -435,7 +437,8 @@ def write_report(rows: list[dict], out_dir, title: str, notes_md: str = "",
     payload = {"title": title, "n_rows": len(rows), **({"data_note": data_note} if data_note else {}),
                "summary": summary, "paired_differences": diffs,
                "control_differences": controls, **({"heldout_choices": choices} if choices else {}),
-               **({"compute_versus_debate": ratios} if ratios else {}),
+               **({"debate_agreement": debates} if debates else {}),
+               **({"compute_versus_text": ratios} if ratios else {}),
                **({"reference_differences": versus_reference} if versus_reference else {}),
                **({"manifold_correlations": correlations} if correlations else {}),
                "plots": [p.name for p in plots]}

@@ -15,6 +15,11 @@ def model_pair(row: dict) -> str:
     return ", ".join(f"{role}={(m or {}).get('name', '?')}" for role, m in sorted(models.items()))
 
 
+def kind_of(row: dict) -> str:
+    """The protocol kind a row was produced by ("ac", "nl_debate", ...)."""
+    return (row.get("protocol_spec") or {}).get("kind", "")
+
+
 def mean_of(values):
     values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     return sum(values) / len(values) if values else None

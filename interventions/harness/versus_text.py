@@ -8,13 +8,9 @@ toolkit's KV-cached one, so the ratio is given under both and the claim is check
 
 from __future__ import annotations
 
-from .rows import grouped, mean_of, model_pair
+from .rows import grouped, kind_of, mean_of, model_pair
 
 COUNTS = (("flops", "KV-cached"), ("flops_no_cache", "no cache (paper)"))
-
-
-def _kind(row: dict) -> str:
-    return (row.get("protocol_spec") or {}).get("kind", "")
 
 
 def _control(row: dict) -> bool:
@@ -27,9 +23,9 @@ def compute_ratios(rows: list[dict], channel_kinds=("ac",), text_kinds=("nl_deba
     out = []
     for (task, pair), grp in grouped(rows, lambda r: (r["task"], model_pair(r))).items():
         by_protocol = grouped(grp, lambda r: r["protocol"])
-        texts = [p for p, prs in by_protocol.items() if _kind(prs[0]) in text_kinds]
+        texts = [p for p, prs in by_protocol.items() if kind_of(prs[0]) in text_kinds]
         for protocol, prows in by_protocol.items():
-            if _kind(prows[0]) not in channel_kinds or _control(prows[0]):
+            if kind_of(prows[0]) not in channel_kinds or _control(prows[0]):
                 continue
             for text in texts:
                 entry = {"task": task, "model_pair": pair, "protocol": protocol, "versus": text}
