@@ -177,3 +177,19 @@ def test_debate_agreement_names_whose_answer_the_debate_returns(tmp_path):
     assert entry["same_as_A"] == pytest.approx(2 / 4) and entry["same_as_B"] == pytest.approx(3 / 4)
     write_report(rows, tmp_path, "t", baseline_protocol="single_B")
     assert "| t1 | A=tiny-a, B=tiny-b | nl_debate_r2 | 4 | 0.50 | 0.50 | 0.75 |" in (tmp_path / "summary.md").read_text()
+
+
+def test_a_sweeps_cells_share_one_line_of_the_compute_table():
+    from interventions.harness.versus_text import compute_ratios
+
+    rows = []
+    for i in range(3):
+        for k, flops in ((1, 20.0), (2, 40.0)):
+            cell = row(f"ac_replace_k{k}", i, 1.0, flops=flops, k=k, family="ac_replace", sweep=["k"])
+            cell["protocol_spec"] = {"kind": "ac"}
+            rows.append(cell)
+        debate = row("nl_debate_r2", i, 1.0, flops=100.0)
+        debate["protocol_spec"] = {"kind": "nl_debate"}
+        rows.append(debate)
+    (ratio,) = compute_ratios(rows)
+    assert ratio["protocol"] == "ac_replace (2 cells)" and ratio["flops"] == pytest.approx(0.3)

@@ -17,6 +17,17 @@ def _control(row: dict) -> bool:
     return (row.get("protocol_spec") or {}).get("control", "none") != "none"
 
 
+def _by_family(rows: list[dict]) -> dict[str, list[dict]]:
+    """Channel rows by protocol, a swept family's cells together ("ac_replace (9 cells)"): its cells
+    cost nearly the same, and one line each would bury the table."""
+    families = grouped(rows, lambda r: (r.get("params") or {}).get("family") or r["protocol"])
+    out = {}
+    for family, frows in families.items():
+        cells = grouped(frows, lambda r: r["protocol"])
+        out.update({f"{family} ({len(cells)} cells)": frows} if len(cells) > 1 else cells)
+    return out
+
+
 def compute_ratios(rows: list[dict], channel_kinds=("ac",), text_kinds=("nl_debate", "nl_message")) -> list[dict]:
     """Per task and model pair: each channel protocol's mean FLOPs over each text protocol's, both counts
     (a control costs what its channel does, so it is left out)."""
@@ -24,11 +35,10 @@ def compute_ratios(rows: list[dict], channel_kinds=("ac",), text_kinds=("nl_deba
     for (task, pair), grp in grouped(rows, lambda r: (r["task"], model_pair(r))).items():
         by_protocol = grouped(grp, lambda r: r["protocol"])
         texts = [p for p, prs in by_protocol.items() if kind_of(prs[0]) in text_kinds]
-        for protocol, prows in by_protocol.items():
-            if kind_of(prows[0]) not in channel_kinds or _control(prows[0]):
-                continue
+        channels = [r for r in grp if kind_of(r) in channel_kinds and not _control(r)]
+        for label, prows in _by_family(channels).items():
             for text in texts:
-                entry = {"task": task, "model_pair": pair, "protocol": protocol, "versus": text}
+                entry = {"task": task, "model_pair": pair, "protocol": label, "versus": text}
                 for key, _ in COUNTS:
                     mine = mean_of([(r.get("compute") or {}).get(key) for r in prows])
                     theirs = mean_of([(r.get("compute") or {}).get(key) for r in by_protocol[text]])
