@@ -428,7 +428,8 @@ def write_report(rows: list[dict], out_dir, title: str, notes_md: str = "",
     if data_note:  # the reader skipped lines of results.jsonl: say so where the numbers are
         md += [f"**Reading results.jsonl:** {data_note}; `interventions check` lists them.", ""]
     md += _summary_md(summary) + _paired_md(diffs) + heldout_md(choices) + _controls_md(controls)
-    md += debate_agreement_md(debates) + compute_ratios_md(ratios) + reference_md(versus_reference) + manifold_md(correlations) + cascade_md(rows)
+    md += debate_agreement_md(debates) + compute_ratios_md(ratios) + reference_md(versus_reference)
+    md += manifold_md(correlations) + cascade_md(rows)
     md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     if notes_md:
         md += [notes_md]
