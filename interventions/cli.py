@@ -259,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", default=None, help="only these of the experiment's tasks (comma-separated); a later "
                                                  "full run resumes around them")
     p.add_argument("--pairs", default=None, help="only these of its pairs, each A>B (comma-separated)")
+    p.add_argument("--protocols", default=None, help="only these of its protocols, by name or glob pattern "
+                                                     "(comma-separated, e.g. 'single_*,ac_replace_*')")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--out", default=None, help="output dir (default results/<experiment>/)")
     p.add_argument("--backend", choices=BACKENDS, default=None)

@@ -85,6 +85,10 @@ def test_distributed_run_writes_the_serial_rows(cluster, tmp_path, tiny_dir):
     distributed = run_experiment(experiment, tmp_path / "ray", progress=False, ray="local", workers=2)
     assert len(serial) == 10 * 5
     _assert_same_rows(serial, distributed)
+    # a run of some protocols: workers must pick the same ones, since units name protocols by position
+    part = run_experiment(experiment.only(protocols=["ac_replace*"]), tmp_path / "part", progress=False,
+                          ray="local", workers=2)
+    _assert_same_rows([r for r in serial if r["protocol"].startswith("ac_replace")], part)
     assert ray.is_initialized()  # the caller's own Ray connection is left as it was
 
 

@@ -105,9 +105,12 @@ def test_part_of_an_experiment_runs_first_and_the_full_run_resumes_around_it(tmp
         experiment.only(tasks=["tip_sheet"])
     with pytest.raises(ExperimentFormatError, match="Its pairs: "):
         experiment.only(pairs=["a>b"])
-    part = run_experiment(experiment.only(tasks=["tip_sheets"], pairs=[f"{tiny_dir}>{tiny_dir}"]),
-                          tmp_path / "out", progress=False)
-    assert {r["task"] for r in part} == {"tip_sheets"} and len(part) == 4 * 3
+    with pytest.raises(ExperimentFormatError, match="no protocol 'silnt'.*Did you mean 'silent'"):
+        experiment.only(protocols=["silnt"])
+    part = run_experiment(experiment.only(tasks=["tip_sheets"], pairs=[f"{tiny_dir}>{tiny_dir}"],
+                                          protocols=["silent", "ac_rep*"]), tmp_path / "out", progress=False)
+    assert {r["task"] for r in part} == {"tip_sheets"} and len(part) == 4 * 2
+    assert {r["protocol"] for r in part} == {"silent", "ac_replace_k1_j2"}
     full = run_experiment(experiment, tmp_path / "out", progress=False)
     assert len(full) == 8 * 3 and [r["key"] for r in full[:len(part)]] == [r["key"] for r in part]
 

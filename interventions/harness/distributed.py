@@ -204,10 +204,11 @@ def experiment_source(experiment) -> dict:
     if experiment.path is None:
         raise InterventionError("a Ray run needs the experiment as a file: load it with load_experiment(path)")
     path = Path(experiment.path).resolve()
-    # with --device/--dtype, and only the tasks and pairs of this run (units name them by position)
+    # with --device/--dtype, and only the tasks, pairs and protocols of this run (units name them by position)
     data = {**yaml.safe_load(path.read_text()), "device": experiment.device, "dtype": experiment.dtype,
             "tasks": [entry.model_dump() for entry in experiment.tasks], "pairs": experiment.pairs}
-    return {"data": data, "where": str(experiment.path), "path": str(path)}
+    return {"data": data, "where": str(experiment.path), "path": str(path),
+            "protocols": [protocol.name for protocol in experiment.protocols]}
 
 
 class UnitWorker:
@@ -223,5 +224,6 @@ class UnitWorker:
         if self.runner is None:
             path = Path(self.source["path"])
             experiment = build_experiment(self.source["data"], self.source["where"], path.parent, path)
+            experiment = experiment.only(protocols=self.source["protocols"])
             self.runner = UnitRunner(experiment, **self.settings)
         return self.runner.run_unit(unit)

@@ -8,6 +8,7 @@ so their combine functions, maps, protocols and tasks can be used by name.
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 import typing
 from pathlib import Path
@@ -99,10 +100,11 @@ class Experiment(BaseModel):
         """The sampling seeds each item runs under; [None] for greedy decoding."""
         return list(self.sampling.seeds) if self.sampling else [None]
 
-    def only(self, tasks: list[str] | None = None, pairs: list[str] | None = None) -> Experiment:
-        """This experiment restricted to some tasks and pairs (a pair named ``A>B``), so a long run can do
-        its cheap part first; work keys do not depend on what else an experiment holds, so a later full run
-        resumes around what this one saved."""
+    def only(self, tasks: list[str] | None = None, pairs: list[str] | None = None,
+             protocols: list[str] | None = None) -> Experiment:
+        """This experiment restricted to some tasks, pairs (a pair named ``A>B``) and protocols (names or
+        glob patterns such as ``single_*``), so a long run can do its cheap part first; work keys do not
+        depend on what else an experiment holds, so a later full run resumes around what this one saved."""
         update = {}
         if tasks:
             known = [entry.name for entry in self.tasks]
@@ -112,6 +114,11 @@ class Experiment(BaseModel):
             known = [pair_name(pair) for pair in self.pairs]
             _check_names(pairs, known, "pair")
             update["pairs"] = [pair for pair, name in zip(self.pairs, known) if name in pairs]
+        if protocols:
+            known = [protocol.name for protocol in self.protocols]
+            _check_names([p for p in protocols if not fnmatch.filter(known, p)], known, "protocol")
+            update["protocols"] = [protocol for protocol in self.protocols
+                                   if any(fnmatch.fnmatchcase(protocol.name, p) for p in protocols)]
         return self.model_copy(update=update)
 
 

@@ -133,7 +133,7 @@ def report(experiment: Experiment, out_dir: Path | None = None) -> dict:
 
 def run_experiment_cli(args) -> None:
     experiment = load_experiment(args.experiment)
-    part = experiment.only(_names(args.tasks), _names(args.pairs))
+    part = experiment.only(_names(args.tasks), _names(args.pairs), _names(args.protocols))
     rows = run_experiment(part, args.out, args.limit, args.seed, args.backend, wait=args.wait,
                           device=args.device, dtype=args.dtype,
                           ray=getattr(args, "ray", None), workers=getattr(args, "workers", None))
