@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from interventions.harness.report import paired_differences, summarize, write_report
+from interventions.harness.report import _plot_accuracy, paired_differences, summarize, write_report
 from interventions.harness.stats import wilson_interval
 
 MODELS = {"A": {"name": "tiny-a", "sha256": "aa"}, "B": {"name": "tiny-b", "sha256": "bb"}}
@@ -193,3 +193,34 @@ def test_a_sweeps_cells_share_one_line_of_the_compute_table():
         rows.append(debate)
     (ratio,) = compute_ratios(rows)
     assert ratio["protocol"] == "ac_replace (2 cells)" and ratio["flops"] == pytest.approx(0.3)
+
+
+def test_accuracy_plot_sets_each_pairs_bar_under_its_protocol(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    axes = []
+
+    class KeepOpen:  # pyplot, but the figure stays open for the test to read
+        def subplots(self, *args, **kwargs):
+            fig, ax = plt.subplots(*args, **kwargs)
+            axes.append(ax)
+            return fig, ax
+
+        def close(self, fig):
+            pass
+
+    def entry(protocol, pair, acc):
+        return {"protocol": protocol, "model_pair": pair, "acc": acc, "ci_low": acc - 0.1, "ci_high": acc + 0.1,
+                "n": 10, "params": {}}
+
+    _plot_accuracy(KeepOpen(), "t", [entry("single_B", "P1", 0.5), entry("ac", "P1", 0.6), entry("ac", "P2", 0.7)],
+                   tmp_path)
+    ax = axes[0]
+    assert [(round(p.get_x() + p.get_width() / 2, 2), p.get_height()) for p in ax.patches] == [
+        (-0.2, 0.5), (0.8, 0.6), (1.2, 0.7)]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["P1", "P2"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["single_B", "ac"]
+    plt.close("all")

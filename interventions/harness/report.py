@@ -230,19 +230,28 @@ def _collapse_sweeps(entries: list[dict]) -> list[dict]:
 
 
 def _plot_accuracy(plt, task, entries, out_dir) -> Path:
+    """Accuracy of each protocol with its Wilson interval; several model pairs stand side by side
+    under their protocol, one colour each, so a protocol reads across models at a glance."""
     entries = _collapse_sweeps(entries)
-    many_pairs = len({e["model_pair"] for e in entries}) > 1
-    labels = [e["protocol"] + (f"\n{e['model_pair']}" if many_pairs else "") for e in entries]
-    accs = [e["acc"] for e in entries]
-    yerr = [[a - e["ci_low"] for a, e in zip(accs, entries)], [e["ci_high"] - a for a, e in zip(accs, entries)]]
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(entries) + 2), 4.5))
-    ax.bar(range(len(entries)), accs, yerr=yerr, capsize=4, color="tab:blue", alpha=0.8)
+    protocols = list(dict.fromkeys(e["protocol"] for e in entries))
+    pairs = list(dict.fromkeys(e["model_pair"] for e in entries))
+    width = 0.8 / len(pairs)
+    fig, ax = plt.subplots(figsize=(max(5.0, (0.5 + 0.3 * len(pairs)) * len(protocols) + 2), 4.5))
+    for i, pair in enumerate(pairs):
+        mine = {e["protocol"]: e for e in entries if e["model_pair"] == pair}
+        xs = [x + (i - (len(pairs) - 1) / 2) * width for x, p in enumerate(protocols) if p in mine]
+        bars = [mine[p] for p in protocols if p in mine]
+        accs = [e["acc"] for e in bars]
+        yerr = [[a - e["ci_low"] for a, e in zip(accs, bars)], [e["ci_high"] - a for a, e in zip(accs, bars)]]
+        ax.bar(xs, accs, width, yerr=yerr, capsize=3, color=f"C{i % 10}", alpha=0.8,
+               label=pair if len(pairs) > 1 else None)
     chance = next((e["params"].get("chance") for e in entries if e["params"].get("chance") is not None), None)
     if chance is not None:
         ax.axhline(float(chance), ls="--", color="gray", label=f"chance ({float(chance):.2f})")
-        ax.legend(loc="upper right")
-    ax.set_xticks(range(len(entries)))
-    ax.set_xticklabels(labels, rotation=35, ha="right", fontsize=8)
+    if chance is not None or len(pairs) > 1:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_xticks(range(len(protocols)))
+    ax.set_xticklabels(protocols, rotation=35, ha="right", fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("accuracy (Wilson 95% CI)")
     ax.set_xlabel("protocol")
