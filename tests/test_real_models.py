@@ -53,7 +53,9 @@ def test_splice_matches_forward_hook_reference(smollm2, backend):
     with torch.no_grad():
         expected = reference(**batch).logits
     handle.remove()
-    assert (logits - expected).abs().max().item() <= 1e-4
+    # fp32 rounding over 30 layers at logits near 15 reaches 1.4e-4 on some CPUs (the bridge orders its
+    # attention sums its own way); an edit at the wrong site or with the wrong value moves logits by > 0.1
+    assert (logits - expected).abs().max().item() <= 1e-3
 
 
 def test_greedy_generation_is_plain_hf_without_edits(smollm2):
