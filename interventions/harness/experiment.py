@@ -116,7 +116,8 @@ class Experiment(BaseModel):
             update["pairs"] = [pair for pair, name in zip(self.pairs, known) if name in pairs]
         if protocols:
             known = [protocol.name for protocol in self.protocols]
-            _check_names([p for p in protocols if not fnmatch.filter(known, p)], known, "protocol")
+            unmatched = [p for p in protocols if not any(fnmatch.fnmatchcase(name, p) for name in known)]
+            _check_names(unmatched, known, "protocol")
             update["protocols"] = [protocol for protocol in self.protocols
                                    if any(fnmatch.fnmatchcase(protocol.name, p) for p in protocols)]
         return self.model_copy(update=update)
