@@ -26,7 +26,7 @@ from .alignment import MAPS
 from .backends import DEFAULT_BACKEND, get_backend
 from .compute import Compute, ModelShape
 from .errors import InterventionError, MissingRoleError
-from .models.loaded import LoadedModel
+from .models.loaded import LoadedModel, output_cache
 from .program import Program
 from .sites import Edit, ResolvedSite, decode_positions, padded_positions, resolve_positions
 from .spec import Capture
@@ -207,7 +207,7 @@ class Session:
             mask = batch["attention_mask"]
             out = model.hf(**model.on_device({**batch, "position_ids": padded_positions(mask)}), use_cache=True,
                            logits_to_keep=1)
-            layers = out.past_key_values.layers
+            layers = output_cache(out).layers
             total, lengths = mask.shape[1], mask.sum(1).tolist()
             return {key: (torch.stack([layer.keys[i, :, total - lengths[i]:] for layer in layers]),   # real positions
                           torch.stack([layer.values[i, :, total - lengths[i]:] for layer in layers]), lengths[i])

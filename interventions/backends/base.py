@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.loaded import LoadedModel
+from ..models.loaded import LoadedModel, output_cache
 from ..sites import Edit, ResolvedSite, apply_edit, decode_positions, gather
 
 
@@ -84,7 +84,7 @@ def generation_defaults(model: LoadedModel, max_new_tokens: int, kwargs: dict) -
 
 def output_of(out, batch: dict, state: CaptureState) -> ForwardOutput:
     hidden = out.hidden_states[-1] if batch.get("output_hidden_states") else None
-    return ForwardOutput(out.logits, state.values, out.past_key_values if batch.get("use_cache") else None, hidden)
+    return ForwardOutput(out.logits, state.values, output_cache(out) if batch.get("use_cache") else None, hidden)
 
 
 def hooked_forward(hf, batch: dict, state: CaptureState) -> ForwardOutput:

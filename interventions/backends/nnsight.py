@@ -10,7 +10,7 @@ import warnings
 
 import torch
 
-from ..models.loaded import LoadedModel
+from ..models.loaded import LoadedModel, output_cache
 from ..sites import Edit, ResolvedSite
 from .base import Backend, EditState, ForwardOutput, captured, generation_defaults, new_tokens
 
@@ -80,7 +80,7 @@ class NnsightBackend(Backend):
         values = [saved[i] for i in range(len(captures))]
         if stop:
             return ForwardOutput(None, values)
-        cache = output.past_key_values if batch.get("use_cache") else None
+        cache = output_cache(output) if batch.get("use_cache") else None
         hidden = output.hidden_states[-1] if batch.get("output_hidden_states") else None
         return ForwardOutput(output.logits, values, cache, hidden)
 

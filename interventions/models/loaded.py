@@ -142,3 +142,9 @@ def cache_keyword(model_class: type) -> str:
     """transformers 5.25 renamed a forward's ``past_key_values`` to ``cache`` (the old name still
     works, with a deprecation warning on every call); earlier 5.x releases take only the old name."""
     return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
+def output_cache(out):
+    """The KV cache a forward returned, read by this release's name (reading ``past_key_values``
+    from a 5.25 output logs a deprecation warning)."""
+    return out.cache if hasattr(out, "cache") else out.past_key_values
