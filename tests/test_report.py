@@ -157,6 +157,32 @@ def test_channel_compute_against_debate_under_both_counts(tmp_path):
     assert "| t1 | A=tiny-a, B=tiny-b | ac_sum | nl_debate_r2 | 0.300 | no | 0.200 | yes |" in md
 
 
+def test_channel_accuracy_against_debate_is_an_exact_paired_test(tmp_path):
+    from scipy.stats import binomtest
+
+    from interventions.harness.versus_text import accuracy_versus_text
+
+    def scored(protocol, kind, i, score, **spec):
+        r = row(protocol, i, score)
+        r["protocol_spec"] = {"kind": kind, **spec}
+        return r
+
+    rows = []
+    for i in range(30):   # the channel wins items 0-6, loses item 7, ties the rest (right on 8-19)
+        rows += [scored("ac_replace", "ac", i, float(i < 7 or 8 <= i < 20)),
+                 scored("nl_debate_r2", "nl_debate", i, float(7 <= i < 20)),
+                 scored("ac_replace_ctl-random", "ac", i, 0.0, control="random"),
+                 scored("single_B", "single", i, 1.0)]
+    (d,) = accuracy_versus_text(rows)   # neither the control nor the single model is a channel
+    assert (d["protocol"], d["versus"], d["n_shared"]) == ("ac_replace", "nl_debate_r2", 30)
+    assert (d["acc"], d["text_acc"]) == pytest.approx((19 / 30, 13 / 30))
+    assert (d["wins"], d["losses"]) == (7, 1)
+    assert d["p_exact"] == pytest.approx(binomtest(7, 8, 0.5).pvalue) == pytest.approx(d["p_holm"])
+    write_report(rows, tmp_path, "t", baseline_protocol="single_B")
+    md = (tmp_path / "summary.md").read_text()
+    assert "| t1 | A=tiny-a, B=tiny-b | ac_replace | nl_debate_r2 | 30 | 0.633 | 0.433 | +0.200" in md
+
+
 def test_debate_agreement_names_whose_answer_the_debate_returns(tmp_path):
     from interventions.harness.debate_report import debate_agreement
 

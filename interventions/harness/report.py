@@ -10,7 +10,7 @@ from pathlib import Path
 from .cascade_report import cascade_md, cascade_plots
 from .selection import heldout_choices, heldout_md
 from .debate_report import debate_agreement, debate_agreement_md
-from .versus_text import compute_ratios, compute_ratios_md
+from .versus_text import accuracy_versus_text, accuracy_versus_text_md, compute_ratios, compute_ratios_md
 from .analysis import (manifold_correlations, manifold_md, plot_accuracy_vs_distance, reference_differences,
                        reference_md)
 from .rows import (DELTA_COLUMNS, TESTS_MD, delta_cells, for_pair, grouped, mean_of, model_pair, paired, per_item,
@@ -418,6 +418,7 @@ def write_report(rows: list[dict], out_dir, title: str, notes_md: str = "",
     versus_reference = reference_differences(rows, reference) if reference else []
     correlations = manifold_correlations(rows)
     choices = heldout_choices(rows, {d["task"]: d["baseline"] for d in diffs})
+    versus_text = accuracy_versus_text(rows)
     ratios = compute_ratios(rows)
     debates = debate_agreement(rows)
 
@@ -437,7 +438,8 @@ def write_report(rows: list[dict], out_dir, title: str, notes_md: str = "",
     if data_note:  # the reader skipped lines of results.jsonl: say so where the numbers are
         md += [f"**Reading results.jsonl:** {data_note}; `interventions check` lists them.", ""]
     md += _summary_md(summary) + _paired_md(diffs) + heldout_md(choices) + _controls_md(controls)
-    md += debate_agreement_md(debates) + compute_ratios_md(ratios) + reference_md(versus_reference)
+    md += debate_agreement_md(debates) + accuracy_versus_text_md(versus_text) + compute_ratios_md(ratios)
+    md += reference_md(versus_reference)
     md += manifold_md(correlations) + cascade_md(rows)
     md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     if notes_md:
@@ -448,6 +450,7 @@ def write_report(rows: list[dict], out_dir, title: str, notes_md: str = "",
                "summary": summary, "paired_differences": diffs,
                "control_differences": controls, **({"heldout_choices": choices} if choices else {}),
                **({"debate_agreement": debates} if debates else {}),
+               **({"accuracy_versus_text": versus_text} if versus_text else {}),
                **({"compute_versus_text": ratios} if ratios else {}),
                **({"reference_differences": versus_reference} if versus_reference else {}),
                **({"manifold_correlations": correlations} if correlations else {}),

@@ -1,16 +1,18 @@
-"""What a latent channel costs against natural-language communication, under both FLOP counts.
+"""A latent channel against natural-language communication: what it scores and what it costs.
 
-Ramesh & Li 2025 report activation communication at "< 1/4 the compute" of text (NL debate on
-reasoning, an NL message in the coordination games), counted as
-Hoffmann et al. without a KV cache. Every row carries that count (``flops_no_cache``) beside the
-toolkit's KV-cached one, so the ratio is given under both and the claim is checked under each.
+Ramesh & Li 2025 claim activation communication beats text (NL debate on reasoning, an NL message
+in the coordination games) at "< 1/4 the compute", counted as Hoffmann et al. without a KV cache.
+``accuracy_versus_text`` tests the first half on shared items (exact sign test, Holm per task);
+every row carries the paper's count (``flops_no_cache``) beside the toolkit's KV-cached one, so
+``compute_ratios`` gives the ratio under both and checks the claim under each.
 """
 
 from __future__ import annotations
 
-from .rows import grouped, kind_of, mean_of, model_pair
+from .rows import DELTA_COLUMNS, TESTS_MD, delta_cells, grouped, kind_of, mean_of, model_pair, paired, with_holm
 
 COUNTS = (("flops", "KV-cached"), ("flops_no_cache", "no cache (paper)"))
+CHANNELS, TEXTS = ("ac",), ("nl_debate", "nl_message")
 
 
 def _control(row: dict) -> bool:
@@ -28,20 +30,55 @@ def _by_family(rows: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def compute_ratios(rows: list[dict], channel_kinds=("ac",), text_kinds=("nl_debate", "nl_message")) -> list[dict]:
+def _channels_and_texts(rows: list[dict]):
+    """Per (task, model pair): its channel rows (controls left out: a control is not a channel of
+    its own) and its text protocols' rows by name."""
+    for (task, pair), grp in grouped(rows, lambda r: (r["task"], model_pair(r))).items():
+        by_protocol = grouped(grp, lambda r: r["protocol"])
+        texts = {p: prs for p, prs in by_protocol.items() if kind_of(prs[0]) in TEXTS}
+        channels = [r for r in grp if kind_of(r) in CHANNELS and not _control(r)]
+        if texts and channels:
+            yield task, pair, channels, texts
+
+
+def accuracy_versus_text(rows: list[dict], n_boot: int = 10000, seed: int = 0) -> list[dict]:
+    """Per task and model pair: each channel protocol minus each text protocol on shared items."""
+    out = []
+    for task, pair, channels, texts in _channels_and_texts(rows):
+        for protocol, prows in grouped(channels, lambda r: r["protocol"]).items():
+            for text, trows in texts.items():
+                res = paired(prows, trows, n_boot, seed)
+                if res:
+                    res["text_acc"] = res.pop("other_acc")
+                    out.append({"task": task, "model_pair": pair, "protocol": protocol, "versus": text, **res})
+    return with_holm(out)
+
+
+def accuracy_versus_text_md(diffs: list[dict]) -> list[str]:
+    if not diffs:
+        return []
+    lines = ["## Accuracy against natural-language communication (channel − text, shared items)", "",
+             "Each channel against each text protocol (NL debate, NL message) on the same task and models. "
+             + TESTS_MD, "",
+             "| task | models | channel | versus | n shared | channel acc | text acc | " + DELTA_COLUMNS,
+             "|" + "---|" * 12]
+    for d in diffs:
+        lines.append(f"| {d['task']} | {d['model_pair']} | {d['protocol']} | {d['versus']} | {d['n_shared']} | "
+                     f"{d['acc']:.3f} | {d['text_acc']:.3f} | {delta_cells(d)} |")
+    return lines + [""]
+
+
+def compute_ratios(rows: list[dict]) -> list[dict]:
     """Per task and model pair: each channel protocol's mean FLOPs over each text protocol's, both counts
     (a control costs what its channel does, so it is left out)."""
     out = []
-    for (task, pair), grp in grouped(rows, lambda r: (r["task"], model_pair(r))).items():
-        by_protocol = grouped(grp, lambda r: r["protocol"])
-        texts = [p for p, prs in by_protocol.items() if kind_of(prs[0]) in text_kinds]
-        channels = [r for r in grp if kind_of(r) in channel_kinds and not _control(r)]
+    for task, pair, channels, texts in _channels_and_texts(rows):
         for label, prows in _by_family(channels).items():
-            for text in texts:
+            for text, trows in texts.items():
                 entry = {"task": task, "model_pair": pair, "protocol": label, "versus": text}
                 for key, _ in COUNTS:
                     mine = mean_of([(r.get("compute") or {}).get(key) for r in prows])
-                    theirs = mean_of([(r.get("compute") or {}).get(key) for r in by_protocol[text]])
+                    theirs = mean_of([(r.get("compute") or {}).get(key) for r in trows])
                     entry[key] = mine / theirs if mine is not None and theirs else None
                 out.append(entry)
     return out
