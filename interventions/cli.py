@@ -175,8 +175,9 @@ def _cmd_export(args) -> None:
 
 def _cmd_check(args) -> int:
     from .harness.check import check_results
+    from .harness.runner import results_folder
 
-    report = check_results(args.out, fix=args.fix)
+    report = check_results(results_folder(args.out), fix=args.fix)
     print("\n".join(report.lines()))
     return 0 if report.clean or args.fix else 1
 
@@ -306,8 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default=None, help="the results folder (default results/<experiment>/)")
     p.set_defaults(fn=_cmd_export)
 
-    p = sub.add_parser("check", help="validate a results folder: unreadable lines, duplicates, rows that no longer match")
-    p.add_argument("out", help="the results folder (holding results.jsonl)")
+    p = sub.add_parser("check", help="validate an experiment's results folder: unreadable lines, duplicates, rows that no longer match")
+    p.add_argument("out", help="the results folder (holding results.jsonl), or the experiment's name or YAML path")
     p.add_argument("--fix", action="store_true", help="drop the flagged lines (kept in results.rejected); "
                                                      "a resume then recomputes them")
     p.set_defaults(fn=_cmd_check)

@@ -205,6 +205,14 @@ def test_check_flags_rows_whose_protocol_changed(tmp_path, tiny_dir):
     assert len(run_experiment(experiment, out, progress=False)) == len(rows)  # the resume redoes exactly it
 
 
+def test_check_finds_the_folder_from_the_experiment(tmp_path, tiny_dir, monkeypatch, capsys):
+    spec, experiment = _tiny(tmp_path, tiny_dir, n=2)
+    monkeypatch.chdir(tmp_path)
+    run_experiment(experiment, tmp_path / "results" / "tiny", progress=False)
+    assert cli.main(["check", str(spec)]) == 0   # by YAML path, as `run` and `report` take it
+    assert capsys.readouterr().out.splitlines()[0] == "results/tiny/results.jsonl: 6 rows"
+
+
 def test_unwritable_out_is_named(tmp_path):
     from interventions.harness.store import OutputDirError, writable_dir
 

@@ -85,13 +85,10 @@ def export_rows(rows: list[dict], path: Path, fmt: str) -> Path:
 
 
 def export_cli(args) -> None:
-    from .experiment import load_experiment
-    from .runner import RESULTS_FILE, default_out
+    from .runner import RESULTS_FILE, results_folder
     from .store import read_results
 
-    source = Path(args.experiment)
-    results_dir = Path(args.results) if args.results else (
-        source if (source / RESULTS_FILE).is_file() else default_out(load_experiment(args.experiment)))
+    results_dir = Path(args.results) if args.results else results_folder(args.experiment)
     fmt = args.format or {".parquet": "parquet", ".csv": "csv"}.get(Path(args.out or "").suffix, "csv")
     found = read_results(results_dir / RESULTS_FILE)
     if not found.rows:

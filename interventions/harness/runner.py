@@ -30,6 +30,12 @@ def default_out(experiment: Experiment) -> Path:
     return Path("results") / experiment.name
 
 
+def results_folder(source: str) -> Path:
+    """A results folder named as itself, or by the name or YAML path of the experiment that writes it."""
+    path = Path(source)
+    return path if path.is_dir() else default_out(load_experiment(source))
+
+
 class RunInterrupted(InterventionError):
     """Ctrl-C during a run: what was saved (the command line adds how to go on)."""
 
