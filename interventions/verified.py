@@ -55,10 +55,10 @@ def save_tensors(obj, path: Path) -> None:
     """``torch.save`` (tensors, numbers, strings, containers only) with a checksum sidecar."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f"{path.name}.{os.getpid()}.partial")  # two writers never share a staging file
+    staging = _staging(path)
     torch.save(obj, staging)
     staging.replace(path)  # atomic: a killed save leaves no half file
-    _sidecar(path).write_text(json.dumps(record(path)))
+    _write_record(path, record(path))
 
 
 def load_tensors(path: Path, what: str = "cache file"):
@@ -72,15 +72,18 @@ def load_tensors(path: Path, what: str = "cache file"):
     if not sidecar.exists():
         why = "no checksum record: written by an older version"
     else:
-        recorded = json.loads(sidecar.read_text())
-        why = problem(path, recorded)
+        try:
+            recorded = json.loads(sidecar.read_text())
+        except (OSError, ValueError) as error:
+            recorded, why = {}, f"checksum record unreadable: {type(error).__name__}"
+        why = why or problem(path, recorded)
         if why is None:
             try:
                 obj = torch.load(path, weights_only=True)
             except Exception as error:  # noqa: BLE001  any unreadable file is rebuilt, never trusted
                 why = f"unreadable: {type(error).__name__}"
             else:
-                sidecar.write_text(json.dumps(recorded))
+                _write_record(path, recorded)
                 return obj
     note(f"{what} {path.name} failed verification ({why}); recomputing it")
     path.unlink(missing_ok=True)
@@ -90,3 +93,15 @@ def load_tensors(path: Path, what: str = "cache file"):
 
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + SIDECAR)
+
+
+def _staging(path: Path) -> Path:
+    return path.with_name(f"{path.name}.{os.getpid()}.partial")  # two writers never share a staging file
+
+
+def _write_record(path: Path, recorded: dict) -> None:
+    """Replace the checksum record in one step: processes sharing a cache (Ray workers) read it
+    while another rewrites it, and a half-written record read as no record at all."""
+    staging = _staging(_sidecar(path))
+    staging.write_text(json.dumps(recorded))
+    staging.replace(_sidecar(path))

@@ -140,6 +140,24 @@ def test_tensor_cache_files_are_verified(tmp_path, capsys):
     assert load_tensors(path) is None
 
 
+def test_checksum_records_are_replaced_whole(tmp_path, monkeypatch, capsys):
+    """Ray workers share the cache: one reads a record while another rewrites it. The record is
+    swapped in whole, and a half-written one (as a reader of the old in-place write saw it) means
+    recompute, not a JSONDecodeError that cost three rows their manifold diagnostics."""
+    path = tmp_path / "stats.pt"
+    save_tensors({"mean": torch.ones(3)}, path)
+    seen = []
+    original = Path.write_text
+    monkeypatch.setattr(Path, "write_text", lambda self, text, *a, **k: (seen.append(self.name),
+                                                                         original(self, text, *a, **k))[1])
+    assert torch.equal(load_tensors(path)["mean"], torch.ones(3))   # a warm load rewrites the record
+    assert seen and all(name.endswith(".partial") for name in seen)
+    assert not list(tmp_path.glob("*.partial"))
+    (tmp_path / "stats.pt.check.json").write_text("")
+    assert load_tensors(path, "cached statistics") is None
+    assert "checksum record unreadable" in capsys.readouterr().err
+
+
 def test_cache_files_never_unpickle_code(tmp_path):
     class Payload:
         def __reduce__(self):
