@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .rows import DELTA_COLUMNS, TESTS_MD, delta_cells, grouped, model_pair, paired, slug, with_holm
+from .rows import grouped, model_pair, paired, slug, versus_md, with_holm
 
 DIAGNOSTICS = ("mahalanobis_percentile", "norm_ratio", "kl")
 
@@ -102,17 +102,10 @@ def manifold_correlations(rows: list[dict], seed: int = 0) -> list[dict]:
 
 
 def reference_md(diffs: list[dict]) -> list[str]:
-    if not diffs:
-        return []
-    lines = ["## Against the best reference (protocol − best of the reference set, shared items)",
-             "", "The reference is picked per task and model pair by its accuracy on these same items, "
-             "which favours it. " + TESTS_MD, "",
-             "| task | models | protocol | reference | n | acc | reference acc | " + DELTA_COLUMNS,
-             "|" + "---|" * 12]
-    for d in diffs:
-        lines.append(f"| {d['task']} | {d['model_pair']} | {d['protocol']} | {d['reference']} | {d['n_shared']} | "
-                     f"{d['acc']:.3f} | {d['reference_acc']:.3f} | {delta_cells(d)} |")
-    return lines + [""]
+    return versus_md("## Against the best reference (protocol − best of the reference set, shared items)",
+                     "The reference is picked per task and model pair by its accuracy on these same items, "
+                     "which favours it.", ("protocol", "reference", "n", "acc", "reference acc"), diffs,
+                     "reference", "reference_acc")
 
 
 def manifold_md(correlations: list[dict]) -> list[str]:

@@ -71,6 +71,20 @@ def delta_cells(d: dict) -> str:
             f"{d['wins']}/{d['losses']} | {d['p_exact']:.4f} | {d['p_holm']:.4f}")
 
 
+def versus_md(heading: str, intro: str, columns: tuple[str, ...], diffs: list[dict],
+              other: str, other_acc: str) -> list[str]:
+    """A table of comparisons against one other protocol each: task, models, protocol, the other
+    (``d[other]``), n, both accuracies (``d[other_acc]`` the other's), then ``DELTA_COLUMNS``."""
+    if not diffs:
+        return []
+    lines = [heading, "", intro + " " + TESTS_MD, "",
+             "| task | models | " + " | ".join(columns) + " | " + DELTA_COLUMNS, "|" + "---|" * 12]
+    for d in diffs:
+        lines.append(f"| {d['task']} | {d['model_pair']} | {d['protocol']} | {d[other]} | {d['n_shared']} | "
+                     f"{d['acc']:.3f} | {d[other_acc]:.3f} | {delta_cells(d)} |")
+    return lines + [""]
+
+
 def per_item(rows) -> dict:
     by_item = defaultdict(list)
     for r in rows:

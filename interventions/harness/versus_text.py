@@ -9,7 +9,7 @@ every row carries the paper's count (``flops_no_cache``) beside the toolkit's KV
 
 from __future__ import annotations
 
-from .rows import DELTA_COLUMNS, TESTS_MD, delta_cells, grouped, kind_of, mean_of, model_pair, paired, with_holm
+from .rows import grouped, kind_of, mean_of, model_pair, paired, versus_md, with_holm
 
 COUNTS = (("flops", "KV-cached"), ("flops_no_cache", "no cache (paper)"))
 CHANNELS, TEXTS = ("ac",), ("nl_debate", "nl_message")
@@ -55,17 +55,9 @@ def accuracy_versus_text(rows: list[dict], n_boot: int = 10000, seed: int = 0) -
 
 
 def accuracy_versus_text_md(diffs: list[dict]) -> list[str]:
-    if not diffs:
-        return []
-    lines = ["## Accuracy against natural-language communication (channel − text, shared items)", "",
-             "Each channel against each text protocol (NL debate, NL message) on the same task and models. "
-             + TESTS_MD, "",
-             "| task | models | channel | versus | n shared | channel acc | text acc | " + DELTA_COLUMNS,
-             "|" + "---|" * 12]
-    for d in diffs:
-        lines.append(f"| {d['task']} | {d['model_pair']} | {d['protocol']} | {d['versus']} | {d['n_shared']} | "
-                     f"{d['acc']:.3f} | {d['text_acc']:.3f} | {delta_cells(d)} |")
-    return lines + [""]
+    return versus_md("## Accuracy against natural-language communication (channel − text, shared items)",
+                     "Each channel against each text protocol (NL debate, NL message) on the same task and models.",
+                     ("channel", "versus", "n shared", "channel acc", "text acc"), diffs, "versus", "text_acc")
 
 
 def compute_ratios(rows: list[dict]) -> list[dict]:
