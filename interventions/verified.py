@@ -100,8 +100,12 @@ def _staging(path: Path) -> Path:
 
 
 def _write_record(path: Path, recorded: dict) -> None:
-    """Replace the checksum record in one step: processes sharing a cache (Ray workers) read it
-    while another rewrites it, and a half-written record read as no record at all."""
-    staging = _staging(_sidecar(path))
-    staging.write_text(json.dumps(recorded))
-    staging.replace(_sidecar(path))
+    replace_json(_sidecar(path), recorded)
+
+
+def replace_json(path: Path, data, indent: int | None = None) -> None:
+    """Write a JSON record in one step: processes sharing a cache (Ray workers) read records while
+    another rewrites them, and a half-written record reads as none, which forces a rebuild."""
+    staging = _staging(path)
+    staging.write_text(json.dumps(data, indent=indent))
+    staging.replace(path)

@@ -54,6 +54,24 @@ def test_marker_records_every_file_and_a_clean_cache_is_not_rebuilt(tiny_zoo):
     assert len(conversions) == 1
 
 
+def test_a_touched_model_cache_is_rerecorded_whole_not_rebuilt(tiny_zoo, monkeypatch):
+    """A touched but intact weight file is hashed once and its new time recorded; the marker is
+    swapped in whole, since another process reading it half-written would rebuild the cache under
+    a third that is loading it."""
+    entry, conversions = tiny_zoo
+    directory, _ = cache.ensure_cached(entry)
+    stat = _weights(entry).stat()
+    os.utime(_weights(entry), ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    seen = []
+    original = Path.write_text
+    monkeypatch.setattr(Path, "write_text", lambda self, text, *a, **k: (seen.append(self.name),
+                                                                         original(self, text, *a, **k))[1])
+    _, marker = cache.ensure_cached(entry)
+    assert seen and all(name.endswith(".partial") for name in seen)
+    assert marker["files"]["model.safetensors"]["mtime_ns"] == stat.st_mtime_ns + 10**9
+    assert cache.read_marker(directory) == marker and len(conversions) == 1
+
+
 def test_random_bytes_in_the_weights_are_detected_and_rebuilt(tiny_zoo, capsys):
     entry, conversions = tiny_zoo
     clean = load.load_model(entry.name, reuse=False)

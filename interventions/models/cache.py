@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..verified import note, problem, record
+from ..verified import note, problem, record, replace_json
 from .carriers import verify_sha256
 from .zoo import ZooEntry
 
@@ -98,7 +98,7 @@ def convert_once(directory: Path, write, what: str, source: str, rebuild: bool =
     why = "rebuild requested" if rebuild else cache_problem(directory, marker)
     if why is None:
         if json.dumps(marker, indent=2) != before:  # a touched but intact file: keep later checks cheap
-            (directory / MARKER).write_text(json.dumps(marker, indent=2))
+            replace_json(directory / MARKER, marker, indent=2)
         return directory, marker
     with conversion_lock(directory):
         marker = read_marker(directory)  # another process may have converted it while we waited
