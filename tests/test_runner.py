@@ -134,6 +134,47 @@ def test_a_protocol_entry_limited_to_some_pairs(tmp_path, tiny_dir):
         load_experiment(str(bad))
 
 
+def test_one_model_protocols_are_copied_between_pairs_that_share_the_model(tmp_path, tiny_dir):
+    """single_B and silent need only B: a pair sharing B copies their rows from another pair instead
+    of recomputing, and a copy is the row a direct run of that pair writes (same key, same answer)."""
+    from interventions.harness.check import check_results
+    from tiny_models import tiny_model
+
+    other = tiny_model("llama", seed=1, width=48)
+    other.hf.save_pretrained(tmp_path / "wide")
+    other.tokenizer.save_pretrained(tmp_path / "wide")
+    a, b = str(tmp_path / "wide"), str(tiny_dir)
+    path = write_experiment(tmp_path / "e.yaml", tiny_dir, tasks=[{"name": "countries", "n": 3}],
+                            pairs=[{"A": a, "B": b}, {"A": b, "B": b}],
+                            protocols=[{"kind": "single", "role": ["A", "B"]}, {"kind": "silent"},
+                                       {"kind": "ac", "combine": "sum", "k": 1, "j": 1, "align": "trailing"}])
+    experiment = load_experiment(str(path))
+    rows = run_experiment(experiment, tmp_path / "out", progress=False)
+    copied = [r for r in rows if "reused_from" in r]
+    assert len(rows) == 3 * (4 + 3)   # with A = B, single_A is single_B
+    assert len(copied) == 3 * 2 and {r["protocol"] for r in copied} == {"single_B", "silent"}
+    assert {r["models"]["A"]["name"] for r in copied} == {b}
+    by_key = {r["key"]: r for r in rows}
+    for row in copied:
+        source = by_key[row["reused_from"]]
+        assert source["models"]["A"]["name"] == a and "reused_from" not in source
+        assert (row["prediction"], row["score"], row["item_id"]) == (source["prediction"], source["score"], source["item_id"])
+    direct = run_experiment(experiment.only(pairs=[f"{b}>{b}"]), tmp_path / "direct", progress=False)
+    direct = {r["key"]: r for r in direct}
+    for row in copied:
+        assert direct[row["key"]]["prediction"] == row["prediction"]
+    assert check_results(tmp_path / "out").clean
+    # the other way round: the shared pair ran first, so the full run copies from it
+    again = run_experiment(experiment, tmp_path / "direct", progress=False)
+    assert {r["key"] for r in again} == set(by_key)
+    assert {r["protocol"] for r in again if "reused_from" in r} == {"single_B", "silent"}
+    assert {r["models"]["A"]["name"] for r in again if "reused_from" in r} == {a}
+    # one pair at a time, as long runs go: the second pair copies from the first's rows on disk
+    run_experiment(experiment.only(pairs=[f"{a}>{b}"]), tmp_path / "parts", progress=False)
+    parts = run_experiment(experiment.only(pairs=[f"{b}>{b}"]), tmp_path / "parts", progress=False)
+    assert {r["key"] for r in parts} == set(by_key) and sum("reused_from" in r for r in parts) == 3 * 2
+
+
 def test_catalog_entries_parse():
     for name in ("quickstart", "ac_coordination", "ac_reasoning", "d2_reverse_cascade", "ac_replication_games",
                  "ac_replication_reasoning"):

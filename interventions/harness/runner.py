@@ -1,7 +1,8 @@
 """Run an experiment as independent work items keyed by a content hash; resumable.
 
 A work item is (model pair, task, item, protocol, seed), keyed by a content hash (``units.py``), so
-re-running skips finished items, and a killed run loses at most the batches in flight. One run writes a results folder at a
+re-running skips finished items, and a killed run loses at most the batches in flight. A one-model
+protocol's rows are copied between pairs that share that model, not recomputed (``units.plan``). One run writes a results folder at a
 time (``lock.py``); tasks and the output folder are checked before any model loads.
 
 Pending items are planned as ``WorkUnit``s, one batch of one (pair, task, protocol) each, and one
@@ -86,23 +87,29 @@ def run_experiment(experiment: Experiment, out_dir: Path | None = None, limit: i
         if found.problems():
             print(f"[interventions] {path}: {found.problems()}; `interventions check {out_dir}` lists them",
                   file=sys.stderr)
-        done = {row["key"] for row in found.rows}
-        units = plan(runner, done)
-        pending = sum(len(unit) for unit in units)
-        total, saved = len(done) + pending, 0
+        finished = {row["key"]: row for row in found.rows}
+        total, saved = len(finished), 0
         try:
-            with tqdm(total=pending, desc=experiment.name, unit="item",
-                      disable=not progress) as bar:  # closed however the run ends, so messages print after it
-                for unit, rows in execute(runner, units):
-                    check_keys(unit, rows)
-                    rows = [row for row in rows if row["key"] not in done]  # never write a key twice
-                    done.update(row["key"] for row in rows)
-                    append_rows(path, rows)
-                    saved += len(rows)
-                    bar.set_postfix_str(runner.label(unit))
-                    bar.update(len(unit))
+            while True:  # a second round copies the items computed for a twin pair in the first
+                units, copies = plan(runner, finished)
+                append_rows(path, copies)
+                finished.update((row["key"], row) for row in copies)
+                total, saved = total + len(copies), saved + len(copies)
+                if not units:
+                    break
+                total += sum(len(unit) for unit in units)
+                with tqdm(total=sum(len(unit) for unit in units), desc=experiment.name, unit="item",
+                          disable=not progress) as bar:  # closed however the run ends, so messages print after it
+                    for unit, rows in execute(runner, units):
+                        check_keys(unit, rows)
+                        rows = [row for row in rows if row["key"] not in finished]  # never write a key twice
+                        finished.update((row["key"], row) for row in rows)
+                        append_rows(path, rows)
+                        saved += len(rows)
+                        bar.set_postfix_str(runner.label(unit))
+                        bar.update(len(unit))
         except KeyboardInterrupt:
-            raise RunInterrupted(saved, len(done), total, out_dir) from None
+            raise RunInterrupted(saved, len(finished), total, out_dir) from None
         return read_results(path).rows
 
 

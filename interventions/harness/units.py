@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from ..errors import InterventionError
 from ..models import load_model
+from ..models.placement import weights_identity
 from ..session import Session
 from .experiment import Experiment, pair_name
 from .protocols import Context, Protocol
@@ -124,9 +125,14 @@ class UnitRunner:
                      outcome, self.seed, ctx.generation) for it, outcome in zip(batch, outcomes)]
 
 
-def plan(runner: UnitRunner, done: set[str]) -> list[WorkUnit]:
-    """Every unfinished work item, in batches of ``batch_size``, grouped by pair, task and protocol."""
-    experiment, units = runner.experiment, []
+def plan(runner: UnitRunner, finished: dict[str, dict]) -> tuple[list[WorkUnit], list[dict]]:
+    """Every unfinished work item, in batches of ``batch_size``, grouped by pair, task and protocol, and
+    the rows copied instead of computed. A protocol whose answer needs only some of a pair's models
+    (``single_B``, ``silent``) answers alike in every pair that shares them: an item finished in one
+    such pair (of this run or an earlier one) is copied to the others (re-keyed, marked
+    ``reused_from``), and one pending in several is computed once and copied by the next plan."""
+    experiment, units, copies = runner.experiment, [], []
+    shared, scheduled = shared_rows(experiment, finished), set()
     for p, pair in enumerate(experiment.pairs):
         hashes = weights(runner.models(p))
         for t, (entry, task) in enumerate(zip(experiment.tasks, runner.tasks)):
@@ -136,16 +142,48 @@ def plan(runner: UnitRunner, done: set[str]) -> list[WorkUnit]:
                 if (not protocol.applies_to(task, pair) or (tasks and entry.name not in tasks)
                         or (pairs and pair_name(pair) not in pairs)):
                     continue
+                needs = {role: hashes[role] for role in protocol.needed_roles()}
                 # a choice task's log-likelihoods do not sample: once is enough
                 for sample in experiment.samples() if task.scoring != "choice_loglik" else [None]:
                     sampled = runner.generation(sample)
-                    keyed = [(it.id, work_key(protocol, hashes, task.name, it.id, runner.seed, sampled)) for it in items]
-                    pending = [(i, key) for i, key in keyed if key not in done]
+                    pending = []
+                    for it in items:
+                        key = work_key(protocol, hashes, task.name, it.id, runner.seed, sampled)
+                        if key in finished:
+                            continue
+                        same = work_key(protocol, needs, task.name, it.id, runner.seed, sampled)
+                        if same in shared:
+                            copies.append(reused(shared[same], key, runner.models(p)))
+                        elif same not in scheduled:   # else computed for another pair, copied next plan
+                            scheduled.add(same)
+                            pending.append((it.id, key))
                     for start in range(0, len(pending), experiment.batch_size):
                         batch = pending[start:start + experiment.batch_size]
                         units.append(WorkUnit(p, t, k, tuple(i for i, _ in batch), tuple(key for _, key in batch),
                                               sample))
-    return units
+    return units, copies
+
+
+def shared_rows(experiment: Experiment, finished: dict[str, dict]) -> dict[str, dict]:
+    """The finished rows of the experiment's protocols, keyed by the work key over the models each
+    protocol needs alone (the key of any pair that shares them)."""
+    by_name = {protocol.name: protocol for protocol in experiment.protocols}
+    out = {}
+    for row in finished.values():
+        protocol = by_name.get(row["protocol"])
+        if protocol is None or row.get("protocol_spec") != json.loads(json.dumps(protocol.as_dict())):
+            continue
+        models = row["models"]
+        needs = {role: weights_identity(models[role]["sha256"], models[role].get("dtype", "fp32"))
+                 for role in protocol.needed_roles()}
+        out.setdefault(work_key(protocol, needs, row["task"], row["item_id"], row["seed"], row.get("sampling")), row)
+    return out
+
+
+def reused(source: dict, key: str, models: dict) -> dict:
+    """``source``'s row for another pair that shares the models its protocol needs."""
+    return {**source, "key": key, "models": {role: model_record(m) for role, m in models.items()},
+            "reused_from": source.get("reused_from", source["key"])}
 
 
 def _row(experiment, pair, models, task, protocol, item, outcome, seed, sampled: dict | None = None) -> dict:

@@ -46,7 +46,7 @@ class Protocol(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: ClassVar[str] = ""
-    roles: ClassVar[tuple[str, ...]] = ("B",)    # model roles the protocol needs
+    roles: ClassVar[tuple[str, ...]] = ("B",)    # the model roles its answer depends on (pairs sharing them share rows)
     sweep: ClassVar[tuple[str, ...]] = ()        # fields that form a grid (the report maps two of them)
     private_context: ClassVar[bool] = False      # only meaningful when A holds private information
     quiet_defaults: ClassVar[tuple[str, ...]] = ()   # fields recorded only when set (see as_dict)
