@@ -95,6 +95,9 @@ def run_experiment(experiment: Experiment, out_dir: Path | None = None, limit: i
                 append_rows(path, copies)
                 finished.update((row["key"], row) for row in copies)
                 total, saved = total + len(copies), saved + len(copies)
+                if copies and progress:
+                    print(f"[interventions] {len(copies)} row(s) copied from pairs that share the models their "
+                          "protocols need (each says reused_from)", file=sys.stderr)
                 if not units:
                     break
                 total += sum(len(unit) for unit in units)
