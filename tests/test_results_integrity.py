@@ -100,7 +100,8 @@ def test_wait_queues_behind_the_holder(tmp_path, tiny_dir):
 
 
 def test_two_concurrent_runs_one_refused_no_duplicates(tmp_path, tiny_dir):
-    spec, _ = _tiny(tmp_path, tiny_dir, n=16)
+    # long enough (80 items) that the second process starts before the first is done, even under load
+    spec, _ = _tiny(tmp_path, tiny_dir, n=80, batch_size=2)
     out = tmp_path / "out"
     procs = [subprocess.Popen(_cli("run", spec, "--out", out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True) for _ in range(2)]
@@ -110,7 +111,7 @@ def test_two_concurrent_runs_one_refused_no_duplicates(tmp_path, tiny_dir):
     refused = next(err for code, err in results if code == 2).strip().splitlines()
     assert len(refused) == 1 and "is being written by PID" in refused[0]
     keys = [json.loads(line)["key"] for line in (out / "results.jsonl").read_text().splitlines()]
-    assert len(keys) == 16 * 3 and len(set(keys)) == len(keys)
+    assert len(keys) == 80 * 3 and len(set(keys)) == len(keys)
 
 
 def test_ctrl_c_exits_130_with_the_resume_command(tmp_path, tiny_dir):
