@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InterventionError
-from ..models.placement import weights_identity
 from ..models.cache import cache_problem, entry_cache_dir, loaded_sha256, read_marker
 from ..models.zoo import ZOO
 from .protocols import PROTOCOLS
 from .runner import RESULTS_FILE
-from .units import work_key
+from .units import row_weights, work_key
 from .lock import results_lock
 from .store import read_results, rewrite_clean
 
@@ -76,8 +75,7 @@ def _row_problem(row: dict, zoo: dict) -> str | None:
     except Exception as error:  # noqa: BLE001  unknown kind (a plugin not loaded) or changed fields
         raise _Unchecked(f"protocol {spec.get('kind')!r} cannot be rebuilt ({type(error).__name__}); "
                          "pass its plugin with --plugin") from None
-    weights = {role: weights_identity(m["sha256"], m.get("dtype", "fp32")) for role, m in row["models"].items()}
-    if work_key(protocol, weights, row["task"], row["item_id"], row["seed"], row.get("sampling")) != row["key"]:
+    if work_key(protocol, row_weights(row), row["task"], row["item_id"], row["seed"], row.get("sampling")) != row["key"]:
         return "whose protocol definition changed since they were written (their work key no longer matches)"
     for m in row["models"].values():
         hashes = zoo.setdefault(m["name"], _zoo_hashes(m["name"]))

@@ -100,8 +100,9 @@ def run_experiment(experiment: Experiment, out_dir: Path | None = None, limit: i
                           "protocols need (each says reused_from)", file=sys.stderr)
                 if not units:
                     break
-                total += sum(len(unit) for unit in units)
-                with tqdm(total=sum(len(unit) for unit in units), desc=experiment.name, unit="item",
+                pending = sum(len(unit) for unit in units)
+                total += pending
+                with tqdm(total=pending, desc=experiment.name, unit="item",
                           disable=not progress) as bar:  # closed however the run ends, so messages print after it
                     for unit, rows in execute(runner, units):
                         check_keys(unit, rows)

@@ -167,17 +167,21 @@ def plan(runner: UnitRunner, finished: dict[str, dict]) -> tuple[list[WorkUnit],
 def shared_rows(experiment: Experiment, finished: dict[str, dict]) -> dict[str, dict]:
     """The finished rows of the experiment's protocols, keyed by the work key over the models each
     protocol needs alone (the key of any pair that shares them)."""
-    by_name = {protocol.name: protocol for protocol in experiment.protocols}
+    by_name = {p.name: (p, json.loads(json.dumps(p.as_dict()))) for p in experiment.protocols}  # spec as rows hold it
     out = {}
     for row in finished.values():
-        protocol = by_name.get(row["protocol"])
-        if protocol is None or row.get("protocol_spec") != json.loads(json.dumps(protocol.as_dict())):
+        protocol, spec = by_name.get(row["protocol"], (None, None))
+        if protocol is None or row.get("protocol_spec") != spec:
             continue
-        models = row["models"]
-        needs = {role: weights_identity(models[role]["sha256"], models[role].get("dtype", "fp32"))
-                 for role in protocol.needed_roles()}
+        weights = row_weights(row)
+        needs = {role: weights[role] for role in protocol.needed_roles()}
         out.setdefault(work_key(protocol, needs, row["task"], row["item_id"], row["seed"], row.get("sampling")), row)
     return out
+
+
+def row_weights(row: dict) -> dict[str, str]:
+    """``weights`` of the models a row records: what its work key hashes."""
+    return {role: weights_identity(m["sha256"], m.get("dtype", "fp32")) for role, m in row["models"].items()}
 
 
 def reused(source: dict, key: str, models: dict) -> dict:
