@@ -27,11 +27,16 @@ class ResultsLockedError(InterventionError):
 
 
 def _holder(path: Path) -> str:
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        text = ""
-    return text or "another process"
+    """The holder's line; it writes it just after taking the lock, so an empty file gets a moment."""
+    deadline = time.monotonic() + 1.0
+    while True:
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            text = ""
+        if text or time.monotonic() > deadline:
+            return text or "another process"
+        time.sleep(0.02)
 
 
 @contextmanager
