@@ -268,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps or auto (default: the experiment's, else cpu)")
     p.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: the experiment's, else fp32)")
     p.add_argument("--wait", action="store_true", help="if another run holds --out, wait for it instead of refusing")
+    p.add_argument("--plan", action="store_true", help="print what is left to run (done, to copy, to compute, and "
+                                                      "about how long) and stop; safe while another run writes")
     p.add_argument("--verify", action="store_true", help="hash every cached file in full before use")
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="run the work on the Ray cluster at ADDRESS (HOST:PORT), or on a local Ray instance when no "

@@ -175,6 +175,18 @@ def test_optional_qwen_models_load_verified(name, blocks, width, monkeypatch):
     assert "42" in model.tokenizer.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
+@pytest.mark.real
+def test_a_zoo_models_identity_is_known_without_loading_it(monkeypatch):
+    """Planning a run keys work items by model identity; for a zoo model the cache marker gives it."""
+    from interventions.models import load, model_identity
+
+    identities = {dtype: model_identity("smollm2-135m", dtype=dtype) for dtype in ("fp32", "bf16")}
+    loaded = {dtype: load.load_model("smollm2-135m", dtype=dtype, reuse=False).identity for dtype in identities}
+    assert identities == loaded and identities["fp32"] != identities["bf16"]
+    monkeypatch.setattr(load, "_from_directory", lambda *a, **k: pytest.fail("a model was loaded"))
+    assert model_identity("smollm2-135m") == loaded["fp32"]
+
+
 def test_the_qwen_sizes_catalog_entry_pairs_the_two_sizes():
     from interventions.harness.experiment import load_experiment
 

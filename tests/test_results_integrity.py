@@ -152,7 +152,8 @@ def test_bad_input_is_one_line_exit_2_before_any_model_loads(case, tmp_path, tin
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "ok.jsonl").write_text('{"question": "q", "answer": "a"}\n')
-    monkeypatch.setattr(units, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    for loader in ("load_model", "model_identity"):
+        monkeypatch.setattr(units, loader, lambda *a, **k: pytest.fail("a model was loaded"))
     entry, message = BAD_TASKS[case]
     spec = write_experiment(tmp_path / "e.yaml", tiny_dir, tasks=[entry])
     assert cli.main(["run", str(spec), "--out", str(tmp_path / "out")]) == 2
@@ -172,7 +173,8 @@ def _exit_code(argv) -> int:
 def test_more_bad_inputs(case, tmp_path, tiny_dir, monkeypatch, capsys):
     import interventions.harness.units as units
 
-    monkeypatch.setattr(units, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    for loader in ("load_model", "model_identity"):
+        monkeypatch.setattr(units, loader, lambda *a, **k: pytest.fail("a model was loaded"))
     out, extra, overrides = tmp_path / "out", [], {}
     if case == "out is a file":
         out.write_text("")

@@ -175,6 +175,41 @@ def test_one_model_protocols_are_copied_between_pairs_that_share_the_model(tmp_p
     assert {r["key"] for r in parts} == set(by_key) and sum("reused_from" in r for r in parts) == 3 * 2
 
 
+def test_plan_counts_what_is_left_without_running_anything(tmp_path, tiny_dir):
+    """`run --plan`: per (task, pair, protocol) the items done, to copy from a pair sharing the model,
+    and to compute, with a time only where finished rows of that protocol and pair say it."""
+    from interventions.harness.runner import plan_experiment
+    from tiny_models import tiny_model
+
+    other = tiny_model("llama", seed=1, width=48)
+    other.hf.save_pretrained(tmp_path / "wide")
+    other.tokenizer.save_pretrained(tmp_path / "wide")
+    a, b = str(tmp_path / "wide"), str(tiny_dir)
+    path = write_experiment(tmp_path / "e.yaml", tiny_dir, tasks=[{"name": "countries", "n": 3}],
+                            pairs=[{"A": a, "B": b}, {"A": b, "B": b}],
+                            protocols=[{"kind": "single", "role": "B"},
+                                       {"kind": "ac", "combine": "sum", "k": 1, "j": 1, "align": "trailing"}])
+    experiment, out = load_experiment(str(path)), tmp_path / "out"
+
+    def table(text):
+        lines = text.splitlines()
+        return {tuple(line.split()[1:3]): line.split()[3:] for line in lines[1:lines.index("")]}, lines[-1]
+
+    left, total = table(plan_experiment(experiment, out))
+    # single_B is one model's answer: computed for the first pair, copied to the second
+    assert left == {(f"{a}>{b}", "single_B"): ["0", "0", "3", "?"], (f"{a}>{b}", "ac_sum_k1_j1_trailing"): ["0", "0", "3", "?"],
+                    (f"{b}>{b}", "single_B"): ["0", "3", "0"], (f"{b}>{b}", "ac_sum_k1_j1_trailing"): ["0", "0", "3", "?"]}
+    assert total.startswith("9 work items to compute, 3 to copy, 0 done") and not out.exists()
+    run_experiment(experiment.only(pairs=[f"{a}>{b}"], protocols=["single_B"]), out, progress=False,
+                   limit=2)
+    left, total = table(plan_experiment(experiment, out))
+    assert left[f"{a}>{b}", "single_B"][:3] == ["2", "0", "1"] and left[f"{a}>{b}", "single_B"][3] != "?"
+    assert left[f"{b}>{b}", "single_B"] == ["0", "3", "0"]   # 2 finished in the twin, 1 to compute there
+    assert left[f"{a}>{b}", "ac_sum_k1_j1_trailing"][3] == "?"
+    rows = run_experiment(experiment, out, progress=False)
+    assert plan_experiment(experiment, out) == f"nothing left: all {len(rows)} work items are done"
+
+
 def test_catalog_entries_parse():
     for name in ("quickstart", "ac_coordination", "ac_reasoning", "d2_reverse_cascade", "ac_replication_games",
                  "ac_replication_reasoning"):

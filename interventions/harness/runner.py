@@ -21,6 +21,7 @@ from ..errors import InterventionError, MissingRoleError
 from ..models.placement import placement
 from .experiment import Experiment, load_experiment
 from .lock import results_lock
+from .remaining import format_remaining, remaining
 from .store import append_rows, read_results, repair
 from .units import UnitRunner, WorkUnit, check_keys, plan
 
@@ -69,16 +70,9 @@ def run_experiment(experiment: Experiment, out_dir: Path | None = None, limit: i
     ``ray`` sends the work units to a Ray cluster at that address ("local": a local instance),
     ``workers`` worker processes; only this process writes rows, either way.
     """
-    if limit is not None and limit < 1:
-        raise InterventionError(f"--limit must be at least 1 item per task, got {limit}")
     out_dir = Path(out_dir) if out_dir else default_out(experiment)
-    seed = experiment.seed if seed is None else seed
-    backend = backend or experiment.backend
-    experiment = experiment.model_copy(update={"device": device or experiment.device,
-                                               "dtype": dtype or experiment.dtype})
-    placement(experiment.device, experiment.dtype)   # a device that is not here fails before any load
-    _check_roles(experiment)
-    runner = UnitRunner(experiment, backend, seed, limit)
+    runner = _runner(experiment, limit, seed, backend, device, dtype)
+    experiment = runner.experiment
     execute = _executor(ray, workers)
     with results_lock(out_dir, wait):
         path = out_dir / RESULTS_FILE
@@ -91,7 +85,8 @@ def run_experiment(experiment: Experiment, out_dir: Path | None = None, limit: i
         total, saved = len(finished), 0
         try:
             while True:  # a second round copies the items computed for a twin pair in the first
-                units, copies = plan(runner, finished)
+                left = plan(runner, finished)
+                units, copies = left.units, [runner.copied(copy) for copy in left.copies]
                 append_rows(path, copies)
                 finished.update((row["key"], row) for row in copies)
                 total, saved = total + len(copies), saved + len(copies)
@@ -115,6 +110,28 @@ def run_experiment(experiment: Experiment, out_dir: Path | None = None, limit: i
         except KeyboardInterrupt:
             raise RunInterrupted(saved, len(finished), total, out_dir) from None
         return read_results(path).rows
+
+
+def _runner(experiment: Experiment, limit: int | None, seed: int | None, backend: str | None,
+            device: str | None, dtype: str | None) -> UnitRunner:
+    """The experiment's runner under these overrides; bad input fails here, before any model loads."""
+    if limit is not None and limit < 1:
+        raise InterventionError(f"--limit must be at least 1 item per task, got {limit}")
+    experiment = experiment.model_copy(update={"device": device or experiment.device,
+                                               "dtype": dtype or experiment.dtype})
+    placement(experiment.device, experiment.dtype)   # a device that is not here fails before any load
+    _check_roles(experiment)
+    return UnitRunner(experiment, backend or experiment.backend, experiment.seed if seed is None else seed, limit)
+
+
+def plan_experiment(experiment: Experiment, out_dir: Path | None = None, limit: int | None = None,
+                    seed: int | None = None, device: str | None = None, dtype: str | None = None) -> str:
+    """What a run with these options has left, as a table (``remaining.py``); reads the results folder
+    without locking it and loads no zoo model."""
+    path = (Path(out_dir) if out_dir else default_out(experiment)) / RESULTS_FILE
+    runner = _runner(experiment, limit, seed, None, device, dtype)
+    rows, done = remaining(runner, {row["key"]: row for row in read_results(path).rows})
+    return format_remaining(rows, done)
 
 
 def _executor(ray: str | None, workers: int | None):
@@ -151,6 +168,9 @@ def report(experiment: Experiment, out_dir: Path | None = None) -> dict:
 def run_experiment_cli(args) -> None:
     experiment = load_experiment(args.experiment)
     part = experiment.only(_names(args.tasks), _names(args.pairs), _names(args.protocols))
+    if getattr(args, "plan", False):
+        print(plan_experiment(part, args.out, args.limit, args.seed, args.device, args.dtype))
+        return
     rows = run_experiment(part, args.out, args.limit, args.seed, args.backend, wait=args.wait,
                           device=args.device, dtype=args.dtype,
                           ray=getattr(args, "ray", None), workers=getattr(args, "workers", None))

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 from ..errors import InterventionError
-from ..models import load_model
+from ..models import load_model, model_identity
 from ..models.placement import weights_identity
 from ..session import Session
 from .experiment import Experiment, pair_name
@@ -81,6 +82,7 @@ class UnitRunner:
         self.experiment, self.backend, self.seed, self.limit = experiment, backend, seed, limit
         self.tasks = [get_task(entry.name, **entry.options) for entry in experiment.tasks]
         self._items: dict[int, list] = {}
+        self._weights: dict[int, dict[str, str]] = {}
         self._session_key, self._session = None, None
         self._ctx_key, self._ctx = None, None
 
@@ -94,6 +96,18 @@ class UnitRunner:
             n = entry.n if self.limit is None else min(entry.n or self.limit, self.limit)
             self._items[task] = self.tasks[task].items(n, self.seed)
         return self._items[task]
+
+    def weights(self, pair: int) -> dict[str, str]:
+        """Each role's weight identity (what work keys hash), without loading a zoo model."""
+        if pair not in self._weights:
+            ex = self.experiment
+            self._weights[pair] = {role: model_identity(name, ex.device, ex.dtype)
+                                   for role, name in ex.pairs[pair].items()}
+        return self._weights[pair]
+
+    def copied(self, copy: Copy) -> dict:
+        """The row a planned copy writes: its source's, re-keyed, with this pair's model records."""
+        return reused(copy.source, copy.key, self.models(copy.pair))
 
     def label(self, unit: WorkUnit) -> str:
         return f"{self.tasks[unit.task].name} {self.experiment.protocols[unit.protocol].name}"
@@ -125,16 +139,40 @@ class UnitRunner:
                      outcome, self.seed, ctx.generation) for it, outcome in zip(batch, outcomes)]
 
 
-def plan(runner: UnitRunner, finished: dict[str, dict]) -> tuple[list[WorkUnit], list[dict]]:
+@dataclass(frozen=True)
+class Copy:
+    """A finished row of another pair that shares the models its protocol needs, to write under ``key``."""
+
+    pair: int
+    task: int
+    protocol: int
+    key: str
+    source: dict
+
+
+@dataclass
+class Plan:
+    """What a run has left: ``units`` to compute, ``copies`` to write from other pairs' rows, and per
+    (pair, task, protocol) the items ``done`` and those ``waiting`` for a twin pair's computation (copied
+    by the next plan)."""
+
+    units: list[WorkUnit] = field(default_factory=list)
+    copies: list[Copy] = field(default_factory=list)
+    done: Counter = field(default_factory=Counter)
+    waiting: Counter = field(default_factory=Counter)
+
+
+def plan(runner: UnitRunner, finished: dict[str, dict]) -> Plan:
     """Every unfinished work item, in batches of ``batch_size``, grouped by pair, task and protocol, and
     the rows copied instead of computed. A protocol whose answer needs only some of a pair's models
     (``single_B``, ``silent``) answers alike in every pair that shares them: an item finished in one
     such pair (of this run or an earlier one) is copied to the others (re-keyed, marked
-    ``reused_from``), and one pending in several is computed once and copied by the next plan."""
-    experiment, units, copies = runner.experiment, [], []
+    ``reused_from``), and one pending in several is computed once and copied by the next plan.
+    Planning loads no zoo model (``UnitRunner.weights``)."""
+    experiment, out = runner.experiment, Plan()
     shared, scheduled = shared_rows(experiment, finished), set()
     for p, pair in enumerate(experiment.pairs):
-        hashes = weights(runner.models(p))
+        hashes = runner.weights(p)
         for t, (entry, task) in enumerate(zip(experiment.tasks, runner.tasks)):
             items = runner.items(t)
             for k, protocol in enumerate(experiment.protocols):
@@ -149,19 +187,21 @@ def plan(runner: UnitRunner, finished: dict[str, dict]) -> tuple[list[WorkUnit],
                     pending = []
                     for it in items:
                         key = work_key(protocol, hashes, task.name, it.id, runner.seed, sampled)
-                        if key in finished:
-                            continue
                         same = work_key(protocol, needs, task.name, it.id, runner.seed, sampled)
-                        if same in shared:
-                            copies.append(reused(shared[same], key, runner.models(p)))
-                        elif same not in scheduled:   # else computed for another pair, copied next plan
+                        if key in finished:
+                            out.done[p, t, k] += 1
+                        elif same in shared:
+                            out.copies.append(Copy(p, t, k, key, shared[same]))
+                        elif same in scheduled:   # computed for another pair, copied by the next plan
+                            out.waiting[p, t, k] += 1
+                        else:
                             scheduled.add(same)
                             pending.append((it.id, key))
                     for start in range(0, len(pending), experiment.batch_size):
                         batch = pending[start:start + experiment.batch_size]
-                        units.append(WorkUnit(p, t, k, tuple(i for i, _ in batch), tuple(key for _, key in batch),
-                                              sample))
-    return units, copies
+                        out.units.append(WorkUnit(p, t, k, tuple(i for i, _ in batch),
+                                                  tuple(key for _, key in batch), sample))
+    return out
 
 
 def shared_rows(experiment: Experiment, finished: dict[str, dict]) -> dict[str, dict]:

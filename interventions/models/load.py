@@ -10,7 +10,7 @@ import torch
 from ..verified import note
 from .cache import ensure_cached, entry_cache_dir, loaded_sha256, read_marker
 from .loaded import LoadedModel
-from .placement import Placement, placement
+from .placement import Placement, placement, weights_identity
 from .zoo import ZOO
 
 _LOADED: dict[tuple[str, str, str], LoadedModel] = {}
@@ -39,6 +39,18 @@ def load_model(name: str, dtype=None, reuse: bool = True, device=None) -> Loaded
     if reuse:
         _LOADED[key] = model
     return model
+
+
+def model_identity(name: str, device=None, dtype=None) -> str:
+    """``load_model(name, dtype, device=device).identity`` (what a work key says of the model), without
+    loading a zoo model: its verified cache's marker names the weights."""
+    where = placement(device, dtype)
+    loaded = _LOADED.get((name, where.device, where.dtype_name))
+    if loaded is not None:
+        return loaded.identity
+    if name in ZOO:
+        return weights_identity(ensure_cached(ZOO[name])[1]["sha256"], where.dtype_name)
+    return load_model(name, dtype, device=device).identity
 
 
 def _from_cache(name: str, placed: Placement) -> LoadedModel:
