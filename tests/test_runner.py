@@ -210,6 +210,20 @@ def test_plan_counts_what_is_left_without_running_anything(tmp_path, tiny_dir):
     assert plan_experiment(experiment, out) == f"nothing left: all {len(rows)} work items are done"
 
 
+def test_plan_estimates_a_task_from_others_answered_the_same_way():
+    from interventions.harness.remaining import seconds_per_item
+
+    def row(task, wall, norm, **extra):
+        return {"protocol": "ac", "task": task, "models": {"B": {"name": "m"}}, "compute": {"wall_s": wall},
+                "score_norm": norm, **extra}
+
+    pace = seconds_per_item([row("arc", 1.0, 0.0), row("arc", 3.0, 1.0), row("gsm8k", 40.0, None),
+                             row("arc", 99.0, 1.0, reused_from="k")])   # a copy took no time of its own
+    names = (("B", "m"),)
+    assert pace["ac", names, "arc"] == 2.0 and pace["ac", names, True] == 2.0   # by log-likelihood
+    assert pace["ac", names, False] == 40.0                                     # by generation
+
+
 def test_catalog_entries_parse():
     for name in ("quickstart", "ac_coordination", "ac_reasoning", "d2_reverse_cascade", "ac_replication_games",
                  "ac_replication_reasoning"):

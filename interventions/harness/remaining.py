@@ -29,7 +29,8 @@ def remaining(runner: UnitRunner, finished: dict[str, dict]) -> tuple[list[dict]
         p, t, k = group
         names = tuple(sorted(ex.pairs[p].items()))
         protocol, task = ex.protocols[k].name, runner.tasks[t].name
-        per_item = pace.get((protocol, names, task), pace.get((protocol, names)))
+        by_loglik = runner.tasks[t].scoring == "choice_loglik"
+        per_item = pace.get((protocol, names, task), pace.get((protocol, names, by_loglik)))
         out.append({"task": task, "pair": pair_name(ex.pairs[p]), "protocol": protocol,
                     "done": left.done[group], "copy": copy[group], "run": run[group],
                     "seconds": None if per_item is None or not run[group] else per_item * run[group]})
@@ -37,8 +38,9 @@ def remaining(runner: UnitRunner, finished: dict[str, dict]) -> tuple[list[dict]
 
 
 def seconds_per_item(rows) -> dict[tuple, float]:
-    """Mean wall time of a row, by (protocol, models, task) and by (protocol, models): the pace of the
-    same protocol on the same models, on this task or, failing that, on the experiment's others."""
+    """Mean wall time of a row, by (protocol, models, task) and by (protocol, models, scored by
+    log-likelihood): the pace of the same protocol on the same models, on this task or, failing that,
+    on other tasks answered the same way (a generated answer takes far longer than a scored choice)."""
     times = defaultdict(list)
     for row in rows:
         wall = row.get("compute", {}).get("wall_s")
@@ -46,7 +48,7 @@ def seconds_per_item(rows) -> dict[tuple, float]:
             continue
         names = tuple(sorted((role, m["name"]) for role, m in row["models"].items()))
         times[row["protocol"], names, row["task"]].append(wall)
-        times[row["protocol"], names].append(wall)
+        times[row["protocol"], names, row.get("score_norm") is not None].append(wall)  # only choices have acc_norm
     return {key: fmean(walls) for key, walls in times.items()}
 
 
