@@ -134,10 +134,9 @@ def test_a_protocol_entry_limited_to_some_pairs(tmp_path, tiny_dir):
         load_experiment(str(bad))
 
 
-def test_one_model_protocols_are_copied_between_pairs_that_share_the_model(tmp_path, tiny_dir):
-    """single_B and silent need only B: a pair sharing B copies their rows from another pair instead
-    of recomputing, and a copy is the row a direct run of that pair writes (same key, same answer)."""
-    from interventions.harness.check import check_results
+def _pairs_sharing_b(tmp_path, tiny_dir, one_model_protocols):
+    """An experiment of two pairs that share B (a wider A, then A = B) on three countries items: the
+    given protocols, then AC sum; and the two models' names."""
     from tiny_models import tiny_model
 
     other = tiny_model("llama", seed=1, width=48)
@@ -146,9 +145,17 @@ def test_one_model_protocols_are_copied_between_pairs_that_share_the_model(tmp_p
     a, b = str(tmp_path / "wide"), str(tiny_dir)
     path = write_experiment(tmp_path / "e.yaml", tiny_dir, tasks=[{"name": "countries", "n": 3}],
                             pairs=[{"A": a, "B": b}, {"A": b, "B": b}],
-                            protocols=[{"kind": "single", "role": ["A", "B"]}, {"kind": "silent"},
+                            protocols=[*one_model_protocols,
                                        {"kind": "ac", "combine": "sum", "k": 1, "j": 1, "align": "trailing"}])
-    experiment = load_experiment(str(path))
+    return load_experiment(str(path)), a, b
+
+
+def test_one_model_protocols_are_copied_between_pairs_that_share_the_model(tmp_path, tiny_dir):
+    """single_B and silent need only B: a pair sharing B copies their rows from another pair instead
+    of recomputing, and a copy is the row a direct run of that pair writes (same key, same answer)."""
+    from interventions.harness.check import check_results
+
+    experiment, a, b = _pairs_sharing_b(tmp_path, tiny_dir, [{"kind": "single", "role": ["A", "B"]}, {"kind": "silent"}])
     rows = run_experiment(experiment, tmp_path / "out", progress=False)
     copied = [r for r in rows if "reused_from" in r]
     assert len(rows) == 3 * (4 + 3)   # with A = B, single_A is single_B
@@ -179,17 +186,9 @@ def test_plan_counts_what_is_left_without_running_anything(tmp_path, tiny_dir):
     """`run --plan`: per (task, pair, protocol) the items done, to copy from a pair sharing the model,
     and to compute, with a time only where finished rows of that protocol and pair say it."""
     from interventions.harness.runner import plan_experiment
-    from tiny_models import tiny_model
 
-    other = tiny_model("llama", seed=1, width=48)
-    other.hf.save_pretrained(tmp_path / "wide")
-    other.tokenizer.save_pretrained(tmp_path / "wide")
-    a, b = str(tmp_path / "wide"), str(tiny_dir)
-    path = write_experiment(tmp_path / "e.yaml", tiny_dir, tasks=[{"name": "countries", "n": 3}],
-                            pairs=[{"A": a, "B": b}, {"A": b, "B": b}],
-                            protocols=[{"kind": "single", "role": "B"},
-                                       {"kind": "ac", "combine": "sum", "k": 1, "j": 1, "align": "trailing"}])
-    experiment, out = load_experiment(str(path)), tmp_path / "out"
+    experiment, a, b = _pairs_sharing_b(tmp_path, tiny_dir, [{"kind": "single", "role": "B"}])
+    out = tmp_path / "out"
 
     def table(text):
         lines = text.splitlines()
