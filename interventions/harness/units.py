@@ -187,10 +187,11 @@ def plan(runner: UnitRunner, finished: dict[str, dict]) -> Plan:
                     pending = []
                     for it in items:
                         key = work_key(protocol, hashes, task.name, it.id, runner.seed, sampled)
-                        same = work_key(protocol, needs, task.name, it.id, runner.seed, sampled)
                         if key in finished:
                             out.done[p, t, k] += 1
-                        elif same in shared:
+                            continue
+                        same = work_key(protocol, needs, task.name, it.id, runner.seed, sampled)
+                        if same in shared:
                             out.copies.append(Copy(p, t, k, key, shared[same]))
                         elif same in scheduled:   # computed for another pair, copied by the next plan
                             out.waiting[p, t, k] += 1
