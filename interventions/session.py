@@ -18,9 +18,10 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
+from transformers import StoppingCriteriaList
 
 from .alignment import MAPS
 from .backends import DEFAULT_BACKEND, get_backend
@@ -30,6 +31,7 @@ from .models.loaded import LoadedModel, output_cache
 from .program import Program
 from .sites import Edit, ResolvedSite, decode_positions, padded_positions, resolve_positions
 from .spec import Capture
+from .stops import StopOnText, stop_at, tokens_to_stop
 
 
 @dataclass
@@ -315,31 +317,40 @@ class Session:
         return self.forward(role, prompts, [*interventions, Capture(tuple(sites))], control, stop_early)
 
     def generate(self, role: str, prompts, interventions=(), max_new_tokens: int = 16, control: str = "none",
-                 seed: int | None = None, **sampling) -> Generation:
-        """Batched ``generate`` with the KV cache; greedy unless ``do_sample=True`` (seeded by ``seed``)."""
+                 seed: int | None = None, stop: Sequence[str] = (), **sampling) -> Generation:
+        """Batched ``generate`` with the KV cache; greedy unless ``do_sample=True`` (seeded by ``seed``).
+        A row also ends at a ``stop`` string; its text is what came before it (see ``stops``)."""
         program = self.program(role, prompts, interventions, control)
         if program.prefix is not None:  # transformers' generate cannot start from a foreign cache: decode
             if sampling.get("do_sample") or set(sampling) - {"do_sample"}:
                 raise InterventionError(f"generate with a kv_transfer decodes greedily; for sampling use "
                                         f"Session.decode with a Sampler policy (got {sorted(sampling)})")
-            return self._decode(program, max_new_tokens, greedy, False, False, True)
+            return self._decode(program, max_new_tokens, greedy, False, False, True, stop)
         model = program.model
         start = time.perf_counter()
         if seed is not None:
             torch.manual_seed(seed)
+        if stop:
+            prompt_length = program.batch["input_ids"].shape[1] if "input_ids" in program.batch else 0
+            sampling["stopping_criteria"] = StoppingCriteriaList([StopOnText(model.tokenizer, prompt_length, stop)])
         if len(program.settled) == program.rows:   # e.g. a handoff that never happened: nothing to write
             ids = torch.zeros(program.rows, 0, dtype=torch.long)
         else:
             ids = self.backend.generate(model, program.batch, program.edits, max_new_tokens, **sampling)
         elapsed = time.perf_counter() - start
-        return self._generation(Generation, program, ids, elapsed)
+        return self._generation(Generation, program, ids, elapsed, stop=stop)
 
     def _generation(self, cls, program: Program, ids: torch.Tensor, elapsed: float, stop_at_eos: bool = True,
-                    **extra):
+                    stop: Sequence[str] = (), **extra):
         model, role = program.model, program.role
         prompt_tokens = program.mask.sum(1).tolist()
         eos = model.tokenizer.eos_token_id if stop_at_eos else None
         new = [0 if row in program.settled else tokens_until_eos(ids[row], eos) for row in range(program.rows)]
+        decoded = model.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        for row, text in enumerate(decoded):
+            cut = stop_at(text, stop) if stop and row not in program.settled else None
+            if cut is not None:   # charged the tokens up to the stop, answered the text before it
+                decoded[row], new[row] = text[:cut], tokens_to_stop(model.tokenizer, ids[row, :new[row]], stop)
 
         def charge(row: int, cost: Compute) -> None:
             if row not in program.settled:      # a settled row's answer was written before this model ran
@@ -347,7 +358,7 @@ class Session:
 
         compute = self._charged(program, elapsed, charge)
         texts = [program.settled.get(row, written + text) for row, (written, text) in
-                 enumerate(zip(program.written, model.tokenizer.batch_decode(ids, skip_special_tokens=True)))]
+                 enumerate(zip(program.written, decoded))]
         return cls(texts, ids, prompt_tokens, new, compute, program.maps, program.notes, **extra)
 
     @torch.inference_mode()
@@ -425,11 +436,12 @@ class Session:
         return self._decode(program, max_new_tokens, policy, keep_logits, needs_hidden, stop_at_eos)
 
     def _decode(self, program: Program, max_new_tokens: int, policy: Policy, keep_logits: bool,
-                needs_hidden: bool, stop_at_eos: bool) -> Decoded:
+                needs_hidden: bool, stop_at_eos: bool, stop: Sequence[str] = ()) -> Decoded:
         with torch.inference_mode(), program.running():
-            return self._decode_steps(program, max_new_tokens, policy, keep_logits, needs_hidden, stop_at_eos)
+            return self._decode_steps(program, max_new_tokens, policy, keep_logits, needs_hidden, stop_at_eos, stop)
 
-    def _decode_steps(self, program, max_new_tokens, policy, keep_logits, needs_hidden, stop_at_eos) -> Decoded:
+    def _decode_steps(self, program, max_new_tokens, policy, keep_logits, needs_hidden, stop_at_eos,
+                      stop=()) -> Decoded:
         model, tok = program.model, program.model.tokenizer
         start = time.perf_counter()
         rows = program.rows
@@ -474,5 +486,5 @@ class Session:
         elapsed = time.perf_counter() - start
         stack = lambda xs: torch.stack(xs, 1) if xs else None  # noqa: E731
         ids = stack(ids) if ids else torch.zeros(rows, 0, dtype=torch.long)
-        return self._generation(Decoded, program, ids, elapsed, stop_at_eos, entropy=stack(entropies),
+        return self._generation(Decoded, program, ids, elapsed, stop_at_eos, stop, entropy=stack(entropies),
                                 logits=stack(logits_kept), hidden=stack(hidden_kept), cache=out.cache)

@@ -365,6 +365,10 @@ def test_mmlu_by_generation_asks_for_a_letter_and_counts_exactly_one_option():
     for text, want in cases.items():
         assert task.score(it, text) == want, text
     assert task.parse(it, f"({gold}) or ({wrong})")["rule"] == "several"
+    others = [x for x in "ABCD" if x != gold]
+    for listed in (f"{others[0]}, {others[1]}, and {gold}.", f"{wrong} or {gold}", f"{gold} and {wrong}"):
+        parsed = task.parse(it, listed)   # a list of options picks none of them
+        assert parsed["rule"] == "several" and gold in parsed["named"] and task.score(it, listed) == 0.0, listed
     assert task.parse(it, "I do not know.")["rule"] == "none"
     assert "letter" in task.answer_instruction() and task.chance(it) == 0.25
     with pytest.raises(Exception, match="answer_by"):

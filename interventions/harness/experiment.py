@@ -42,10 +42,13 @@ class Sampling(BaseModel):
     top_p: float = Field(0.9, gt=0, le=1)
     temperature: float = Field(1.0, gt=0)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    # where an answer of a model prompted without a chat template ends (a chat model ends its turn)
+    stop: list[str] = Field(default_factory=list)
 
     def generation(self, seed: int) -> dict:
-        """The keyword arguments ``Session.generate`` samples with for one seed."""
-        return {"do_sample": True, "top_p": self.top_p, "temperature": self.temperature, "seed": seed}
+        """The keyword arguments ``Session.generate`` samples with for one seed (part of each work key)."""
+        return {"do_sample": True, "top_p": self.top_p, "temperature": self.temperature, "seed": seed,
+                **({"stop": self.stop} if self.stop else {})}
 
 
 class ExperimentFile(BaseModel):

@@ -126,6 +126,13 @@ class Context:
     def model(self, role: str):
         return self.session.model(role)
 
+    def generation_for(self, role: str) -> dict:
+        """How ``role`` generates: stop strings end the answers of a model prompted without a chat
+        template (it would write the next question itself); a chat model ends its turn with EOS."""
+        if "stop" in self.generation and self.model(role).has_chat_template:
+            return {k: v for k, v in self.generation.items() if k != "stop"}
+        return self.generation
+
     def sources(self, items: list[TaskItem], control: str) -> list[TaskItem]:
         """The items whose information a channel sends: another item's under the mismatched control."""
         return [self.partner(it) for it in items] if control == "mismatched" else items
@@ -163,7 +170,7 @@ def answer(ctx: Context, role: str, prompts, items: list[TaskItem], intervention
         result = session.loglikelihood(role, prompts, [it.choices for it in items], interventions, control)
         answers = result.logliks
     else:
-        result = session.generate(role, prompts, interventions, ctx.max_new_tokens, control, **ctx.generation)
+        result = session.generate(role, prompts, interventions, ctx.max_new_tokens, control, **ctx.generation_for(role))
         answers = result.texts
     outcomes = [scored(task, item, raw, compute) for item, raw, compute in zip(items, answers, result.compute)]
     maps = [m.describe() for m in result.maps]

@@ -19,7 +19,7 @@ class NLMessage(Protocol):
     def run(self, ctx: Context, items):
         sender, receiver = ctx.model("A"), ctx.model("B")
         sent = ctx.session.generate("A", [message_prompt(sender, it) for it in items], (), self.message_tokens,
-                                    **ctx.generation)
+                                    **ctx.generation_for("A"))
         messages = [text.strip().split("\n")[0] for text in sent.texts]
         prompts = [answer_prompt(receiver, ctx.task, it, note=f"Your partner says: {m}")
                    for it, m in zip(items, messages)]

@@ -46,14 +46,14 @@ def mmlu_subjects() -> list[str]:
 
 def letter_choice(item: TaskItem, generated: str) -> dict:
     """How an answer to a lettered question parses: a first line that is only a letter ("B", "(B)",
-    "B.") or ends "answer is B" picks it; otherwise every option named by "(B)", "B)", "B.", "B:" or its own text counts,
-    and the pick stands only when exactly one is named."""
+    "B.") or ends "answer is B" picks it; otherwise every option named by "(B)", "B)", "B.", "B:", by a list
+    ("B, C and D", "B or D") or by its own text counts, and the pick stands only when exactly one is named."""
     bare = _BARE_LETTER.fullmatch(first_line(generated))
     if bare:
         return {"pick": bare.group(1), "rule": "one", "named": [bare.group(1)]}
-    cands = {letter: [f"({letter})", f"{letter})", f"{letter}.", f"{letter}:", text]
-             for letter, text in zip(LETTERS, item.choices)}
-    return single_choice(generated, cands, case_sensitive={a for letter in LETTERS for a in cands[letter][:4]})
+    cands = {letter: [f"({letter})", f"{letter})", f"{letter}.", f"{letter}:", f"{letter},", f"{letter} or",
+                      f"{letter} and", f"or {letter}", f"and {letter}", text] for letter, text in zip(LETTERS, item.choices)}
+    return single_choice(generated, cands, case_sensitive={a for letter in LETTERS for a in cands[letter][:-1]})
 
 
 class MMLUTask(Task):
