@@ -52,7 +52,8 @@ def letter_choice(item: TaskItem, generated: str) -> dict:
     if bare:
         return {"pick": bare.group(1), "rule": "one", "named": [bare.group(1)]}
     cands = {letter: [f"({letter})", f"{letter})", f"{letter}.", f"{letter}:", f"{letter},", f"{letter} or",
-                      f"{letter} and", f"or {letter}", f"and {letter}", text] for letter, text in zip(LETTERS, item.choices)}
+                      f"{letter} and", f"or {letter}", f"and {letter}", text]
+             for letter, text in zip(LETTERS, item.choices)}
     return single_choice(generated, cands, case_sensitive={a for letter in LETTERS for a in cands[letter][:-1]})
 
 
