@@ -15,6 +15,7 @@ program's ``inputs`` (cache, combined mask, positions after the sender's) inside
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from .compute import Compute, ModelShape
 from .errors import InterventionError, MissingRoleError
 from .models.loaded import LoadedModel, output_cache
 from .program import Program
+from .sampling import filtered
 from .sites import Edit, ResolvedSite, decode_positions, padded_positions, resolve_positions
 from .spec import Capture
 from .stops import StopOnText, stop_at, tokens_to_stop
@@ -69,7 +71,7 @@ class Step:
     index: int
     logits: torch.Tensor                  # (rows, vocab), float32
     hidden: torch.Tensor | None           # (rows, d) last hidden state, when the policy asks for it
-    finished: torch.Tensor                # (rows,) bool: rows that already emitted end-of-sequence
+    finished: torch.Tensor                # (rows,) bool: rows that already ended (end-of-sequence, a stop string)
 
 
 @dataclass
@@ -77,7 +79,7 @@ class Decoded(Generation):
     entropy: torch.Tensor | None = None   # (rows, steps) next-token entropy in nats
     logits: torch.Tensor | None = None    # (rows, steps, vocab), when keep_logits
     hidden: torch.Tensor | None = None    # (rows, steps, d), when the policy needs hidden states
-    cache: object = None                  # the KV cache after the last fed step
+    cache: object = None                  # the KV cache after the last fed step (of the rows still run)
 
 
 @dataclass
@@ -102,18 +104,43 @@ def greedy(step: Step) -> torch.Tensor:
 
 
 class Sampler:
-    """Sampling at ``temperature`` with one generator per row, seeded by ``seeds``: a row's tokens do
-    not depend on which other rows share its batch."""
+    """Sampling at ``temperature`` (with ``top_k`` and nucleus ``top_p`` filtering when given), with one
+    generator per row seeded by ``seeds``: a row's tokens do not depend on which other rows share its
+    batch. Finished rows draw nothing."""
 
-    def __init__(self, temperature: float, seeds: list[int]):
-        self.temperature = temperature
+    def __init__(self, temperature: float, seeds: list[int], top_k: int | None = None, top_p: float | None = None):
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.generators = [torch.Generator().manual_seed(s) for s in seeds]
 
     def __call__(self, step: Step) -> torch.Tensor:
-        if self.temperature <= 0:
-            return greedy(step)
-        probs = torch.softmax(step.logits / self.temperature, dim=-1)
-        return torch.cat([torch.multinomial(p.cpu(), 1, generator=g) for p, g in zip(probs, self.generators)])
+        tokens = greedy(step)
+        live = (~step.finished).nonzero().flatten().tolist()
+        if self.temperature <= 0 or not live:
+            return tokens
+        probs, ids = filtered(step.logits[live], self.temperature, self.top_k, self.top_p)
+        probs = probs.cpu()
+        for i, row in enumerate(live):
+            pick = int(torch.multinomial(probs[i], 1, generator=self.generators[row]))
+            tokens[row] = pick if ids is None else ids[i, pick]
+        return tokens
+
+    @classmethod
+    def for_prompts(cls, prompts: Sequence[str], seed: int | None, temperature: float = 1.0, **filters) -> Sampler:
+        """One generator per prompt, seeded by ``seed`` and the prompt's text: a row draws the same
+        tokens in any batch, and every request that prompts a model alike (the same item under two
+        protocols) draws from the same random stream (paired comparisons see less noise)."""
+        base = int(torch.randint(1 << 31, ())) if seed is None else seed
+        seeds = [int(hashlib.sha256(f"{base}:{prompt}".encode()).hexdigest()[:8], 16) for prompt in prompts]
+        return cls(temperature, seeds, **filters)
+
+
+def _spread(values: torch.Tensor, live: torch.Tensor, rows: int) -> torch.Tensor:
+    """``values`` of the ``live`` rows placed in a batch of ``rows``; zeros for rows no longer run."""
+    if len(live) == rows:
+        return values
+    full = values.new_zeros(rows, *values.shape[1:])
+    full[live.to(values.device)] = values
+    return full
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -318,25 +345,32 @@ class Session:
 
     def generate(self, role: str, prompts, interventions=(), max_new_tokens: int = 16, control: str = "none",
                  seed: int | None = None, stop: Sequence[str] = (), **sampling) -> Generation:
-        """Batched ``generate`` with the KV cache; greedy unless ``do_sample=True`` (seeded by ``seed``).
-        A row also ends at a ``stop`` string; its text is what came before it (see ``stops``)."""
+        """Batched generation with the KV cache: greedy, or with ``do_sample=True`` sampled at
+        ``temperature`` with ``top_k``/``top_p`` filtering when given, each row seeded by ``seed`` and
+        its prompt (``Sampler.for_prompts``). A row also ends at a ``stop`` string; its text is what
+        came before it (see ``stops``). Greedy generation runs transformers' ``generate``; sampling
+        (and reading a kv prefix) decodes step by step, where finished rows leave the batch."""
         program = self.program(role, prompts, interventions, control)
+        if len(program.settled) == program.rows:   # e.g. a handoff that never happened: nothing to write
+            return self._generation(Generation, program, torch.zeros(program.rows, 0, dtype=torch.long), 0.0)
+        if sampling.pop("do_sample", False):
+            unknown = set(sampling) - {"temperature", "top_k", "top_p"}
+            if unknown:
+                raise InterventionError(f"sampled generation takes temperature, top_k and top_p; got also "
+                                        f"{sorted(unknown)}")
+            policy = Sampler.for_prompts(program.prompts[role], seed, **sampling)
+            return self._decode(program, max_new_tokens, policy, False, False, True, stop)
         if program.prefix is not None:  # transformers' generate cannot start from a foreign cache: decode
-            if sampling.get("do_sample") or set(sampling) - {"do_sample"}:
-                raise InterventionError(f"generate with a kv_transfer decodes greedily; for sampling use "
-                                        f"Session.decode with a Sampler policy (got {sorted(sampling)})")
+            if sampling:
+                raise InterventionError(f"generate with a kv_transfer decodes greedily or samples "
+                                        f"(do_sample=True); it takes no {sorted(sampling)}")
             return self._decode(program, max_new_tokens, greedy, False, False, True, stop)
         model = program.model
         start = time.perf_counter()
-        if seed is not None:
-            torch.manual_seed(seed)
         if stop:
             prompt_length = program.batch["input_ids"].shape[1] if "input_ids" in program.batch else 0
             sampling["stopping_criteria"] = StoppingCriteriaList([StopOnText(model.tokenizer, prompt_length, stop)])
-        if len(program.settled) == program.rows:   # e.g. a handoff that never happened: nothing to write
-            ids = torch.zeros(program.rows, 0, dtype=torch.long)
-        else:
-            ids = self.backend.generate(model, program.batch, program.edits, max_new_tokens, **sampling)
+        ids = self.backend.generate(model, program.batch, program.edits, max_new_tokens, **sampling)
         elapsed = time.perf_counter() - start
         return self._generation(Generation, program, ids, elapsed, stop=stop)
 
@@ -455,11 +489,18 @@ class Session:
         # after the prompt, edits that apply at every step act on the one new position
         step_edits = [Edit(ResolvedSite(e.site.block, e.site.stream, decode_positions(rows)), e.fn)
                       for e in program.edits if e.every_step]
+        # a finished row leaves the batch, so that a batch costs what its unfinished rows cost, not what
+        # its longest row does; not when something after the prompt reads rows by index (a kv prefix
+        # masks by row, a step edit may hold a vector per row) or the caller keeps every step's logits or
+        # hidden states. The policy still sees every row, a finished one with zero logits
+        shrink = stop_at_eos and program.prefix is None and not step_edits and not (keep_logits or needs_hidden)
+        stopper = StopOnText(tok, 0, stop) if stop else None
         finished = torch.zeros(rows, dtype=torch.bool, device=out.logits.device)
+        live = torch.arange(rows)   # the rows the model still runs, in batch order
         ids, entropies, logits_kept, hidden_kept = [], [], [], []
         position = position[:, -1:]
         for index in range(max_new_tokens):
-            logits = out.logits[:, -1].float()
+            logits = _spread(out.logits[:, -1].float(), live, rows)
             hidden = out.hidden[:, -1] if needs_hidden else None
             chosen = policy(Step(index, logits, hidden, finished.clone())).to(logits.device)
             as_embeds = chosen.is_floating_point()
@@ -468,18 +509,26 @@ class Session:
             if stop_at_eos:
                 token = torch.where(finished, torch.full_like(token, pad), token)
             ids.append(token)
-            entropies.append(entropy(logits))
+            entropies.append(_spread(entropy(out.logits[:, -1].float()), live, rows))
             if keep_logits:
                 logits_kept.append(logits)
             if needs_hidden:
                 hidden_kept.append(hidden)
-            finished |= (token == eos) & stop_at_eos
+            if stop_at_eos:
+                finished |= token == eos
+                if stopper is not None and not bool(finished.all()):
+                    open_rows = (~finished).nonzero().flatten()
+                    finished[open_rows] |= stopper(torch.stack(ids, 1)[open_rows], None).to(finished.device)
             if bool(finished.all()) or index == max_new_tokens - 1:
                 break
-            mask = torch.cat([mask, torch.ones(rows, 1, dtype=mask.dtype)], 1)
+            if shrink and bool(finished[live].any()):
+                keep = (~finished[live]).nonzero().flatten().cpu()
+                out.cache.reorder_cache(keep)
+                live, mask, position = live[keep], mask[keep], position[keep]
+            mask = torch.cat([mask, torch.ones(len(live), 1, dtype=mask.dtype)], 1)
             position = position + 1
-            feed = ({"inputs_embeds": chosen[:, None].to(model.dtype)} if as_embeds
-                    else {"input_ids": token[:, None]})
+            feed = ({"inputs_embeds": chosen[live.to(chosen.device), None].to(model.dtype)} if as_embeds
+                    else {"input_ids": token[live.to(token.device), None]})
             out = self.backend.forward(model, {**feed, "attention_mask": mask, "position_ids": position,
                                                "past_key_values": out.cache, "use_cache": True,
                                                "output_hidden_states": needs_hidden}, edits=step_edits)

@@ -26,13 +26,14 @@ def test_stop_at_takes_the_first_stop_after_the_answer_starts():
 
 
 @pytest.mark.parametrize("backend", ["transformer_lens", "nnsight", "torch"])
-def test_generation_stops_at_a_stop_string_with_the_tokens_before_it(backend):
+@pytest.mark.parametrize("sampling", [{}, {"do_sample": True, "top_p": 0.9, "seed": 1}], ids=["greedy", "sampled"])
+def test_generation_stops_at_a_stop_string_with_the_tokens_before_it(backend, sampling):
     model = tiny_model("llama")
     session = iv.Session(model, backend)
-    full = session.generate("B", PROMPTS, max_new_tokens=12)
+    full = session.generate("B", PROMPTS, max_new_tokens=12, **sampling)
     words = full.texts[0].split(" ")
     stop = f"{words[3]} {words[4]}"           # two words row 0 writes; maybe earlier too
-    stopped = session.generate("B", PROMPTS, max_new_tokens=12, stop=[stop])
+    stopped = session.generate("B", PROMPTS, max_new_tokens=12, stop=[stop], **sampling)
     for row, text in enumerate(full.texts):
         if stop not in text:                  # untouched
             assert stopped.texts[row] == text and stopped.new_tokens[row] == full.new_tokens[row]
@@ -43,7 +44,7 @@ def test_generation_stops_at_a_stop_string_with_the_tokens_before_it(backend):
         assert stopped.texts[row] == text[:text.index(stop)]
         assert stopped.new_tokens[row] == fewest and stopped.ids[row, :fewest].equal(full.ids[row, :fewest])
         assert stopped.compute[row].tokens["B"] == stopped.prompt_tokens[row] + fewest
-    alone = session.generate("B", PROMPTS[:1], max_new_tokens=12, stop=[stop])
+    alone = session.generate("B", PROMPTS[:1], max_new_tokens=12, stop=[stop], **sampling)
     assert alone.ids.shape[1] == alone.new_tokens[0] == stopped.new_tokens[0] < 12   # generate ended at the stop
 
 

@@ -1,14 +1,17 @@
 """`interventions bench harness`: the harness's generation throughput against plain batched
-HF generate on the same items and batch size, and batched vs item-by-item evaluation."""
+HF generate on the same items and batch size, and batched vs item-by-item evaluation; `bench
+cipher`, `bench cascade` and `bench sampling` time one channel or path against its plain reference."""
 
 from __future__ import annotations
 
 import time
 
 import torch
+from transformers import StoppingCriteriaList
 
 from ..models import load_model
 from ..session import Session, forget_leads
+from ..stops import StopOnText
 from .prompts import answer_prompt
 from .protocols import PROTOCOLS, Context
 from .tasks import get_task
@@ -18,6 +21,17 @@ def _seconds(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def _best_interleaved(reference, measured, repeats: int) -> tuple[float, float]:
+    """The best of ``repeats`` timings of each, after one warm-up of ``measured`` (first calls pay
+    one-off costs), interleaved so that drift on a shared machine hits both alike."""
+    measured()
+    references, measures = [], []
+    for _ in range(repeats):
+        references.append(_seconds(reference))
+        measures.append(_seconds(measured))
+    return min(references), min(measures)
 
 
 def bench_harness(args) -> dict:
@@ -41,13 +55,7 @@ def bench_harness(args) -> dict:
             model.hf.generate(**batch, max_new_tokens=max_new, do_sample=False,
                               pad_token_id=model.tokenizer.pad_token_id)
 
-    harness(size)  # warm-up: first calls pay one-off costs
-    # interleave repeats so drift on a shared machine hits both sides alike
-    plain_times, harness_times = [], []
-    for _ in range(3):
-        plain_times.append(_seconds(plain_generate))
-        harness_times.append(_seconds(lambda: harness(size)))
-    plain_s, harness_s = min(plain_times), min(harness_times)
+    plain_s, harness_s = _best_interleaved(plain_generate, lambda: harness(size), 3)
     one_by_one_s = _seconds(lambda: harness(1))
     ratio = plain_s / harness_s
     print(f"harness throughput ratio {ratio:.2f}")
@@ -141,12 +149,7 @@ def bench_cascade(large: str = "qwen2.5-coder-0.5b", small: str = "smollm2-135m"
                 session.generate("B", [p + h for p, h in rows], max_new_tokens=horizon)
         parts["S"] = time.perf_counter() - start - parts["L"]
 
-    sweep()     # warm-up: first calls pay one-off costs
-    sweeps, references = [], []
-    for _ in range(repeats):
-        references.append(_seconds(by_hand))
-        sweeps.append(_seconds(sweep))
-    sweep_s, reference_s = min(sweeps), min(references)
+    reference_s, sweep_s = _best_interleaved(by_hand, sweep, repeats)
     ratio = sweep_s / reference_s
     regenerating = len([n for n in ns if n != "all"]) * parts["L"] + parts["S"]
     print(f"cascade sweep cost ratio {ratio:.2f} (target <= 1.2)")
@@ -155,3 +158,42 @@ def bench_cascade(large: str = "qwen2.5-coder-0.5b", small: str = "smollm2-135m"
           f"(L {parts['L']:.1f} s, S {parts['S']:.1f} s); regenerating L's start for every n would take about "
           f"{regenerating:.1f} s ({regenerating / reference_s:.1f}x)")
     return {"ratio": ratio, "sweep_s": sweep_s, "reference_s": reference_s}
+
+
+def bench_sampling(model_name: str = "gemma3-270m", n_items: int = 16, batch_size: int = 16,
+                   max_new_tokens: int = 256, repeats: int = 1, task_name: str = "gsm8k",
+                   stop: tuple[str, ...] = ("\n\n", "\nAnswer:", "\nQuestion:")) -> dict:
+    """Sampled answers (nucleus 0.9, stop strings, as ac_replication_reasoning samples them) by
+    ``Session.generate``, where a row that stops leaves the batch, against transformers' ``generate``
+    on the same batches, which runs every row until the batch's last one stops. Interleaved, best of
+    ``repeats``."""
+    model = load_model(model_name)
+    task = get_task(task_name)
+    prompts = [answer_prompt(model, task, it) for it in task.items(n_items, 0)]
+    batches = [prompts[start:start + batch_size] for start in range(0, len(prompts), batch_size)]
+    torch.set_grad_enabled(False)
+    lengths = {}
+
+    def session_generate():
+        session = Session(model, "torch")
+        lengths["answer"] = [n for batch in batches for n in session.generate(
+            "B", batch, max_new_tokens=max_new_tokens, do_sample=True, top_p=0.9, seed=0, stop=stop).new_tokens]
+
+    def plain_generate():
+        lengths["batch"] = []
+        for prompts_of_batch in batches:
+            batch = model.encode(prompts_of_batch)
+            width = batch["input_ids"].shape[1]
+            torch.manual_seed(0)
+            ids = model.hf.generate(**batch, max_new_tokens=max_new_tokens, do_sample=True, top_p=0.9, top_k=0,
+                                    pad_token_id=model.pad_token_id,
+                                    stopping_criteria=StoppingCriteriaList([StopOnText(model.tokenizer, width, stop)]))
+            lengths["batch"] += [ids.shape[1] - width] * len(prompts_of_batch)
+
+    plain_s, session_s = _best_interleaved(plain_generate, session_generate, repeats)
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    print(f"sampled generation speed-up {plain_s / session_s:.2f}x (transformers' generate ÷ Session.generate)")
+    print(f"{len(prompts)} {task_name} items, {model_name}, batch size {batch_size}, up to {max_new_tokens} tokens: "
+          f"transformers' generate {plain_s:.1f} s, running {mean(lengths['batch']):.0f} steps per row; "
+          f"Session.generate {session_s:.1f} s, {mean(lengths['answer']):.0f} tokens per answer")
+    return {"speedup": plain_s / session_s, "plain_s": plain_s, "session_s": session_s}

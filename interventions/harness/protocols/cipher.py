@@ -29,6 +29,7 @@ from ...alignment.states import input_embedding_table
 from ...compute import Compute
 from ...errors import InterventionError, VocabularyMismatchError
 from ...models import LoadedModel, load_model
+from ...sampling import filtered
 from ...session import Step
 from ...spec import SoftTokens
 from ..prompts import answer_prompt, question_text
@@ -79,20 +80,7 @@ class EmbeddingMixture:
 
     def weights(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The mixture weights: (rows, V), or (rows, k) with their token ids when only k are kept."""
-        if self.temperature == 0 or self.top_k == 1:
-            return torch.ones(len(logits), 1, device=logits.device), logits.argmax(-1, keepdim=True)
-        scaled = logits / self.temperature
-        ids = None
-        if self.top_k is not None and self.top_k < scaled.shape[-1]:
-            scaled, ids = scaled.topk(self.top_k, dim=-1)
-        probs = torch.softmax(scaled, dim=-1)
-        if self.top_p is not None and self.top_p < 1:
-            probs, order = probs.sort(dim=-1, descending=True)
-            ids = order if ids is None else ids.gather(-1, order)
-            keep = probs.cumsum(-1) - probs < self.top_p   # the smallest prefix reaching top_p
-            probs = torch.where(keep, probs, torch.zeros_like(probs))
-            probs = probs / probs.sum(-1, keepdim=True)
-        return probs, ids
+        return filtered(logits, self.temperature, self.top_k, self.top_p)
 
     def mix(self, probs: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
         if ids is None:
