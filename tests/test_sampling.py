@@ -9,8 +9,11 @@ import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 import interventions as iv
+from interventions.harness.experiment import load_experiment
+from interventions.harness.runner import run_experiment
 from interventions.sampling import NUCLEUS_HEAD, filtered
 from interventions.session import Sampler, Step
+from test_runner import write_experiment
 from tiny_models import tiny_model
 
 BACKENDS = ["transformer_lens", "nnsight", "torch"]
@@ -94,3 +97,17 @@ def test_finished_rows_leave_the_batch_and_change_no_token(backend, family, monk
     assert torch.equal(shrunk.ids, kept.ids) and shrunk.new_tokens == kept.new_tokens
     generated = session.generate("B", PROMPTS, steer, max_new_tokens=12).ids     # transformers' generate
     assert all(torch.equal(shrunk.ids[row, :n], generated[row, :n]) for row, n in enumerate(shrunk.new_tokens))
+
+
+def test_an_experiments_top_k_filters_each_sampled_answer(tmp_path, tiny_dir):
+    common = dict(max_new_tokens=6, tasks=[{"name": "countries", "n": 6}], protocols=[{"kind": "silent"}])
+    runs = {}
+    for name, sampling in {"greedy": None, "nucleus": {"temperature": 1.5, "seeds": [0, 1]},
+                           "top1": {"temperature": 1.5, "seeds": [0, 1], "top_k": 1}}.items():
+        experiment = load_experiment(str(write_experiment(tmp_path / f"{name}.yaml", tiny_dir, sampling=sampling,
+                                                          **common)))
+        runs[name] = run_experiment(experiment, tmp_path / name, progress=False)
+    greedy = {r["item_id"]: r["prediction"] for r in runs["greedy"]}
+    assert all(r["sampling"]["top_k"] == 1 and r["prediction"] == greedy[r["item_id"]] for r in runs["top1"])
+    assert any(r["prediction"] != greedy[r["item_id"]] for r in runs["nucleus"])
+    assert all("top_k" not in r["sampling"] for r in runs["nucleus"])    # unset, it stays out of the rows' keys

@@ -40,6 +40,8 @@ class Sampling(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     top_p: float = Field(0.9, gt=0, le=1)
+    # none: the nucleus alone (transformers' generate would also keep only the 50 most likely tokens)
+    top_k: PositiveInt | None = None
     temperature: float = Field(1.0, gt=0)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     # where an answer of a model prompted without a chat template ends (a chat model ends its turn)
@@ -48,7 +50,7 @@ class Sampling(BaseModel):
     def generation(self, seed: int) -> dict:
         """The keyword arguments ``Session.generate`` samples with for one seed (part of each work key)."""
         return {"do_sample": True, "top_p": self.top_p, "temperature": self.temperature, "seed": seed,
-                **({"stop": self.stop} if self.stop else {})}
+                **({"top_k": self.top_k} if self.top_k else {}), **({"stop": self.stop} if self.stop else {})}
 
 
 class ExperimentFile(BaseModel):
