@@ -463,9 +463,10 @@ class Session:
                stop_at_eos: bool = True) -> Decoded:
         """Step-wise decoding with the KV cache. At each step ``policy(Step)`` returns the next token
         ids (rows,) or input embeddings (rows, d) to feed. Records every step's next-token entropy
-        (and logits, hidden states when asked). Greedy decoding gives ``generate``'s tokens. Without
-        ``stop_at_eos`` every row runs all ``max_new_tokens`` steps (latent thinking, where an
-        end-of-sequence reading means nothing) and is charged all of them."""
+        (and logits, hidden states when asked). Greedy decoding gives ``generate``'s tokens. A row
+        that ends leaves the batch unless logits or hidden states are kept: its later steps read
+        zero logits and entropy. Without ``stop_at_eos`` every row runs all ``max_new_tokens`` steps
+        (latent thinking, where an end-of-sequence reading means nothing) and is charged all of them."""
         program = self.program(role, prompts, interventions, control)
         return self._decode(program, max_new_tokens, policy, keep_logits, needs_hidden, stop_at_eos)
 
