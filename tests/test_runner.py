@@ -210,17 +210,25 @@ def test_plan_counts_what_is_left_without_running_anything(tmp_path, tiny_dir):
 
 
 def test_plan_estimates_a_task_from_others_answered_the_same_way():
-    from interventions.harness.remaining import seconds_per_item
+    from interventions.harness.remaining import Pace
 
-    def row(task, wall, norm, **extra):
-        return {"protocol": "ac", "task": task, "models": {"B": {"name": "m"}}, "compute": {"wall_s": wall},
+    def row(task, wall, norm, protocol="ac", **extra):
+        return {"protocol": protocol, "task": task, "models": {"B": {"name": "m"}}, "compute": {"wall_s": wall},
                 "score_norm": norm, **extra}
 
-    pace = seconds_per_item([row("arc", 1.0, 0.0), row("arc", 3.0, 1.0), row("gsm8k", 40.0, None),
-                             row("arc", 99.0, 1.0, reused_from="k")])   # a copy took no time of its own
     names = (("B", "m"),)
-    assert pace["ac", names, "arc"] == 2.0 and pace["ac", names, True] == 2.0   # by log-likelihood
-    assert pace["ac", names, False] == 40.0                                     # by generation
+    pace = Pace([row("arc", 1.0, 0.0), row("arc", 3.0, 1.0), row("gsm8k", 40.0, None),
+                 row("arc", 99.0, 1.0, reused_from="k")])   # a copy took no time of its own
+    assert pace.per_item("ac", names, "arc", True) == 2.0
+    assert pace.per_item("ac", names, "sciq", True) == 2.0      # from ARC: no protocol ran on both
+    assert pace.per_item("ac", names, "math", False) == 40.0    # a generated answer from generation only
+    assert pace.per_item("ac", (("B", "other"),), "arc", True) is None
+    # SciQ ran 3x slower than ARC for the protocols run on both (the median of 2.5, 3 and 4)
+    both = [row(t, w, 0.0, protocol=p) for p, arc, sciq in (("x", 2.0, 5.0), ("y", 1.0, 3.0), ("z", 1.0, 4.0))
+            for t, w in (("arc", arc), ("sciq", sciq))]
+    pace = Pace([row("arc", 2.0, 0.0), *both, row("gsm8k", 40.0, None), row("gsm8k", 80.0, None, protocol="x")])
+    assert pace.per_item("ac", names, "sciq", True) == 6.0
+    assert pace.per_item("ac", names, "math", False) == 40.0    # gsm8k alone; no task answered alike to scale by
 
 
 def test_catalog_entries_parse():

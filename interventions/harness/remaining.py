@@ -7,7 +7,7 @@ Planning loads no zoo model and takes no lock, so it can be asked while a run is
 from __future__ import annotations
 
 from collections import defaultdict
-from statistics import fmean
+from statistics import fmean, median
 
 from .experiment import pair_name
 from .units import UnitRunner, plan
@@ -23,33 +23,49 @@ def remaining(runner: UnitRunner, finished: dict[str, dict]) -> tuple[list[dict]
         run[unit.pair, unit.task, unit.protocol] += len(unit)
     for c in left.copies:
         copy[c.pair, c.task, c.protocol] += 1
-    pace = seconds_per_item(finished.values())
+    pace = Pace(finished.values())
     out = []
     for group in sorted(set(run) | set(copy)):
         p, t, k = group
         names = tuple(sorted(ex.pairs[p].items()))
         protocol, task = ex.protocols[k].name, runner.tasks[t].name
-        by_loglik = runner.tasks[t].scoring == "choice_loglik"
-        per_item = pace.get((protocol, names, task), pace.get((protocol, names, by_loglik)))
+        per_item = pace.per_item(protocol, names, task, runner.tasks[t].scoring == "choice_loglik")
         out.append({"task": task, "pair": pair_name(ex.pairs[p]), "protocol": protocol,
                     "done": left.done[group], "copy": copy[group], "run": run[group],
                     "seconds": None if per_item is None or not run[group] else per_item * run[group]})
     return out, sum(left.done.values())
 
 
-def seconds_per_item(rows) -> dict[tuple, float]:
-    """Mean wall time of a row, by (protocol, models, task) and by (protocol, models, scored by
-    log-likelihood): the pace of the same protocol on the same models, on this task or, failing that,
-    on other tasks answered the same way (a generated answer takes far longer than a scored choice)."""
-    times = defaultdict(list)
-    for row in rows:
-        wall = row.get("compute", {}).get("wall_s")
-        if wall is None or row.get("reused_from"):   # a copy took no time of its own
-            continue
-        names = tuple(sorted((role, m["name"]) for role, m in row["models"].items()))
-        times[row["protocol"], names, row["task"]].append(wall)
-        times[row["protocol"], names, row.get("score_norm") is not None].append(wall)  # only choices have acc_norm
-    return {key: fmean(walls) for key, walls in times.items()}
+class Pace:
+    """This machine's mean wall time per row, from finished rows (a copy took no time of its own)."""
+
+    def __init__(self, rows):
+        times, self.by_loglik = defaultdict(list), {}
+        for row in rows:
+            wall = row.get("compute", {}).get("wall_s")
+            if wall is None or row.get("reused_from"):
+                continue
+            names = tuple(sorted((role, m["name"]) for role, m in row["models"].items()))
+            times[row["protocol"], names, row["task"]].append(wall)
+            self.by_loglik[row["task"]] = row.get("score_norm") is not None   # only choices have acc_norm
+        self.seconds = {key: fmean(walls) for key, walls in times.items()}
+
+    def per_item(self, protocol: str, names: tuple, task: str, by_loglik: bool) -> float | None:
+        """Seconds per item of ``protocol`` on these models: its pace on ``task`` or, failing that,
+        its pace on other tasks answered the same way (a generated answer takes far longer than a
+        scored choice), each scaled by how much slower ``task`` ran than that one for the protocols
+        run on both (longer prompts, more choices); unscaled where no protocol ran on both."""
+        if (protocol, names, task) in self.seconds:
+            return self.seconds[protocol, names, task]
+        guesses = [seconds * self._ratio(names, task, other) for (p, n, other), seconds in self.seconds.items()
+                   if p == protocol and n == names and self.by_loglik[other] == by_loglik]
+        return fmean(guesses) if guesses else None
+
+    def _ratio(self, names: tuple, task: str, other: str) -> float:
+        """Median over protocols run on both tasks with these models of (pace on task) / (pace on other)."""
+        ratios = [self.seconds[p, n, task] / seconds for (p, n, t), seconds in self.seconds.items()
+                  if n == names and t == other and (p, n, task) in self.seconds]
+        return median(ratios) if ratios else 1.0
 
 
 def format_remaining(rows: list[dict], done: int) -> str:
