@@ -67,6 +67,21 @@ def test_paired_uses_only_shared_items():
     assert d["n_shared"] == 5 and d["diff"] == pytest.approx(1.0)
 
 
+def test_paired_compares_a_pair_only_with_its_own_models_baseline():
+    """A pair whose baseline rows have not landed yet is not compared with another pair's baseline,
+    whose B is another model (SmolLM2 -> Gemma-3's "B alone" is Gemma-3, not Qwen); a baseline
+    recorded with only the pair's B model still serves it."""
+    def with_models(r, **names):
+        return {**r, "models": {role: {"name": name} for role, name in names.items()}}
+
+    gemma = [with_models(row("B_alone", i, 0.0), A="smollm2", B="gemma3") for i in range(10)]
+    qwen = [with_models(row("ac", i, 1.0), A="qwen-0.5b", B="qwen-1.5b") for i in range(10)]
+    assert paired_differences(gemma + qwen, "B_alone", n_boot=200) == []
+    alone = [with_models(row("B_alone", i, float(i < 4)), B="qwen-1.5b") for i in range(10)]
+    (d,) = paired_differences(gemma + alone + qwen, "B_alone", n_boot=200)
+    assert d["model_pair"] == "A=qwen-0.5b, B=qwen-1.5b" and d["baseline_acc"] == pytest.approx(0.4)
+
+
 def test_write_report_files(tmp_path):
     out = write_report(make_rows(), tmp_path, "Tiny report", notes_md="## Notes\nLead's interpretation.",
                        baseline_protocol="B_alone")

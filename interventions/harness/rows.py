@@ -45,9 +45,12 @@ def paired(rows: list[dict], other_rows: list[dict], n_boot: int, seed: int) -> 
 
 
 def for_pair(rows: list[dict], pair: str) -> list[dict]:
-    """A baseline's rows with this model pair when it has them, else all of them (a single-model
-    baseline against a two-model protocol)."""
-    return [r for r in rows if model_pair(r) == pair] or rows
+    """A baseline's rows with this model pair when it has them, else those whose every model is one
+    of the pair's (a single-model baseline against a two-model protocol); never another pair's rows,
+    which may hold another model in the same role."""
+    same = [r for r in rows if model_pair(r) == pair]
+    wanted = set(pair.split(", "))
+    return same or [r for r in rows if set(model_pair(r).split(", ")) <= wanted]
 
 
 def with_holm(diffs: list[dict], family=lambda d: d["task"]) -> list[dict]:
