@@ -75,7 +75,7 @@ def _cmd_demo(args) -> None:
 
 
 # defaults per benchmark where they differ: (tokens, repeats, items)
-BENCH_DEFAULTS = {"cascade": (64, 2, 8), "sampling": (256, 1, 16)}
+BENCH_DEFAULTS = {"cascade": (64, 2, 8), "sampling": (256, 1, 16), "precision": (64, 1, 16)}
 
 
 def _cmd_bench(args) -> None:
@@ -113,6 +113,11 @@ def _cmd_bench(args) -> None:
 
         bench_sampling(args.model, n_items=args.items, batch_size=args.batch_size, max_new_tokens=args.tokens,
                        repeats=args.repeats)
+    elif args.what == "precision":
+        from .harness.bench import bench_precision
+
+        bench_precision(args.model, n_items=args.items, batch_size=args.batch_size, steps=args.tokens,
+                        repeats=args.repeats)
     elif args.what == "cipher":
         from .harness.bench import bench_cipher
 
@@ -245,15 +250,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_demo)
 
     p = sub.add_parser("bench", help="benchmarks that print measured ratios")
-    p.add_argument("what", choices=["overhead", "memory", "harness", "cipher", "cascade", "sampling"])
+    p.add_argument("what", choices=["overhead", "memory", "harness", "cipher", "cascade", "sampling", "precision"])
     p.add_argument("--device", default="cpu", help="overhead, memory: cpu, cuda, cuda:N or mps")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--tokens", type=int, default=None, help="overhead, memory: prompt tokens (128); cascade: L's "
-                                                            "horizon (64); sampling: answer tokens (256)")
+                                                            "horizon (64); sampling: answer tokens (256); "
+                                                            "precision: decoding steps (64)")
     p.add_argument("--repeats", type=int, default=None, help="timing repeats (15; cascade 2; sampling 1)")
     p.add_argument("--no-cold", action="store_true", help="skip the cold (GGUF) load timing")
     p.add_argument("--items", type=int, default=None, help="harness: items (32); cascade: items (8); sampling: "
-                                                           "GSM8K items (16)")
+                                                           "GSM8K items (16); precision: GSM8K items (16)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--steps", type=int, default=32, help="cipher: decoding steps timed")
     p.add_argument("--large", default="qwen2.5-coder-0.5b", help="cascade: L, the model that opens")

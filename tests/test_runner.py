@@ -199,12 +199,14 @@ def test_plan_counts_what_is_left_without_running_anything(tmp_path, tiny_dir):
     assert left == {(f"{a}>{b}", "single_B"): ["0", "0", "3", "?"], (f"{a}>{b}", "ac_sum_k1_j1_trailing"): ["0", "0", "3", "?"],
                     (f"{b}>{b}", "single_B"): ["0", "3", "0"], (f"{b}>{b}", "ac_sum_k1_j1_trailing"): ["0", "0", "3", "?"]}
     assert total.startswith("9 work items to compute, 3 to copy, 0 done") and not out.exists()
+    assert "no time estimate: none of the 3 group(s)" in total and "about" not in total   # not "about 0 s"
     run_experiment(experiment.only(pairs=[f"{a}>{b}"], protocols=["single_B"]), out, progress=False,
                    limit=2)
     left, total = table(plan_experiment(experiment, out))
     assert left[f"{a}>{b}", "single_B"][:3] == ["2", "0", "1"] and left[f"{a}>{b}", "single_B"][3] != "?"
     assert left[f"{b}>{b}", "single_B"] == ["0", "3", "0"]   # 2 finished in the twin, 1 to compute there
     assert left[f"{a}>{b}", "ac_sum_k1_j1_trailing"][3] == "?"
+    assert "of it estimated from finished rows" in total and "2 group(s) ('?') with no such rows yet" in total
     rows = run_experiment(experiment, out, progress=False)
     assert plan_experiment(experiment, out) == f"nothing left: all {len(rows)} work items are done"
 
@@ -233,7 +235,7 @@ def test_plan_estimates_a_task_from_others_answered_the_same_way():
 
 def test_catalog_entries_parse():
     for name in ("quickstart", "ac_coordination", "ac_reasoning", "d2_reverse_cascade", "ac_replication_games",
-                 "ac_replication_reasoning"):
+                 "ac_replication_reasoning", "ac_replication_generation"):
         experiment = load_experiment(name)
         assert experiment.protocols and experiment.tasks
 

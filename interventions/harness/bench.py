@@ -1,6 +1,7 @@
 """`interventions bench harness`: the harness's generation throughput against plain batched
 HF generate on the same items and batch size, and batched vs item-by-item evaluation; `bench
-cipher`, `bench cascade` and `bench sampling` time one channel or path against its plain reference."""
+cipher`, `bench cascade` and `bench sampling` time one channel or path against its plain reference;
+`bench precision` times sampled decoding in bf16 against fp32."""
 
 from __future__ import annotations
 
@@ -197,3 +198,28 @@ def bench_sampling(model_name: str = "gemma3-270m", n_items: int = 16, batch_siz
           f"transformers' generate {plain_s:.1f} s, running {mean(lengths['batch']):.0f} steps per row; "
           f"Session.generate {session_s:.1f} s, {mean(lengths['answer']):.0f} tokens per answer")
     return {"speedup": plain_s / session_s, "plain_s": plain_s, "session_s": session_s}
+
+
+def bench_precision(model_name: str = "gemma3-270m", n_items: int = 16, batch_size: int = 16,
+                    steps: int = 64, repeats: int = 1, task_name: str = "gsm8k") -> dict:
+    """Sampled decoding (nucleus 0.9, as the generation experiments sample) of the same prompts in fp32
+    and in bf16: every row decodes all ``steps`` (no stop), so both do the same work whatever they draw.
+    Interleaved, best of ``repeats``."""
+    from ..session import Sampler
+
+    models = {dtype: load_model(model_name, dtype=dtype) for dtype in ("fp32", "bf16")}
+    task = get_task(task_name)
+    prompts = [answer_prompt(models["fp32"], task, it) for it in task.items(n_items, 0)]
+    batches = [prompts[start:start + batch_size] for start in range(0, len(prompts), batch_size)]
+
+    def decode(dtype):
+        session = Session(models[dtype], "torch")
+        for batch in batches:
+            session.decode("B", batch, max_new_tokens=steps, stop_at_eos=False,
+                           policy=Sampler.for_prompts(batch, 0, top_p=0.9))
+
+    fp32_s, bf16_s = _best_interleaved(lambda: decode("fp32"), lambda: decode("bf16"), repeats)
+    print(f"sampled decoding speed-up {fp32_s / bf16_s:.2f}x (fp32 ÷ bf16)")
+    print(f"{len(prompts)} {task_name} items, {model_name}, batch size {batch_size}, {steps} steps per row on "
+          f"{torch.get_num_threads()} thread(s): fp32 {fp32_s:.1f} s, bf16 {bf16_s:.1f} s")
+    return {"speedup": fp32_s / bf16_s, "fp32_s": fp32_s, "bf16_s": bf16_s}

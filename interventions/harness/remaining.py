@@ -76,13 +76,17 @@ def format_remaining(rows: list[dict], done: int) -> str:
                        _duration(r["seconds"]) if r["run"] else "") for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(head))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table]
-    known = [r["seconds"] for r in rows if r["seconds"] is not None]
+    known = [r["seconds"] for r in rows if r["run"] and r["seconds"] is not None]
     unknown = sum(1 for r in rows if r["run"] and r["seconds"] is None)
-    total = (f"{sum(r['run'] for r in rows)} work items to compute, {sum(r['copy'] for r in rows)} to copy, "
-             f"{done} done; about {_duration(sum(known))} of it estimated from finished rows of the same "
-             "protocol and models on this machine")
-    if unknown:
-        total += f", {unknown} group(s) ('?') with no such rows yet"
+    total = f"{sum(r['run'] for r in rows)} work items to compute, {sum(r['copy'] for r in rows)} to copy, {done} done"
+    if known:
+        total += (f"; about {_duration(sum(known))} of it estimated from finished rows of the same protocol and models "
+                  "on this machine")
+        if unknown:
+            total += f", {unknown} group(s) ('?') with no such rows yet"
+    elif unknown:   # nothing to time it by: say so rather than "about 0 s"
+        total += (f"; no time estimate: none of the {unknown} group(s) to compute has finished rows of the same "
+                  "protocol and models on this machine yet")
     return "\n".join(lines + ["", total])
 
 
