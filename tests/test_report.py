@@ -82,6 +82,15 @@ def test_paired_compares_a_pair_only_with_its_own_models_baseline():
     assert d["model_pair"] == "A=qwen-0.5b, B=qwen-1.5b" and d["baseline_acc"] == pytest.approx(0.4)
 
 
+def test_rows_in_another_precision_are_another_pair_not_more_repeats():
+    """The same item and protocol run in fp32 and in bf16 (say, a bf16 GPU run beside CPU rows) has two
+    rows with two work keys; averaging them as one item's repeats would blend two measurements."""
+    bf16 = {role: {**m, "dtype": "bf16"} for role, m in MODELS.items()}
+    rows = [row("B_alone", i, 1.0) for i in range(4)] + [{**row("B_alone", i, 0.0), "models": bf16} for i in range(4)]
+    by_pair = {s["model_pair"]: (s["n"], s["acc"]) for s in summarize(rows)}
+    assert by_pair == {"A=tiny-a, B=tiny-b": (4, 1.0), "A=tiny-a (bf16), B=tiny-b (bf16)": (4, 0.0)}
+
+
 def test_write_report_files(tmp_path):
     out = write_report(make_rows(), tmp_path, "Tiny report", notes_md="## Notes\nLead's interpretation.",
                        baseline_protocol="B_alone")

@@ -10,9 +10,15 @@ from .stats import holm, paired_bootstrap_diff, sign_test
 
 
 def model_pair(row: dict) -> str:
-    """Readable model identity of a row, e.g. "A=llama-1b, B=llama-3b" (roles sorted)."""
+    """Readable model identity of a row, e.g. "A=llama-1b, B=llama-3b" (roles sorted), with a precision
+    other than fp32 named ("B=llama-3b (bf16)"): rows run in two precisions are two pairs to the report,
+    never one item's repeats averaged together."""
+    def label(m: dict) -> str:
+        dtype = m.get("dtype", "fp32")
+        return m.get("name", "?") + ("" if dtype == "fp32" else f" ({dtype})")
+
     models = row.get("models") or {}
-    return ", ".join(f"{role}={(m or {}).get('name', '?')}" for role, m in sorted(models.items()))
+    return ", ".join(f"{role}={label(m or {})}" for role, m in sorted(models.items()))
 
 
 def kind_of(row: dict) -> str:
