@@ -279,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS, default=None)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps or auto (default: the experiment's, else cpu)")
     p.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: the experiment's, else fp32)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="items run at once (default: the experiment's); a GPU takes more, and rows resume alike")
     p.add_argument("--wait", action="store_true", help="if another run holds --out, wait for it instead of refusing")
     p.add_argument("--plan", action="store_true", help="print what is left to run (done, to copy, to compute, and "
                                                       "about how long) and stop; safe while another run writes")

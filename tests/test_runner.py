@@ -43,6 +43,21 @@ def test_rerun_skips_finished_items(tmp_path, tiny_dir):
     assert set(row["compute"]["tokens"]) == {"A", "B"}
 
 
+def test_batch_size_override_sizes_the_units_not_the_keys(tmp_path, tiny_dir):
+    """`run --batch-size` (a GPU takes bigger batches) changes what runs at once, not which rows exist."""
+    from interventions.harness.runner import _runner
+    from interventions.harness.units import plan
+
+    experiment = load_experiment(str(write_experiment(tmp_path / "e.yaml", tiny_dir, protocols=[{"kind": "silent"}],
+                                                      tasks=[{"name": "countries", "n": 10}])))
+    assert [len(u) for u in plan(_runner(experiment, None, None, None, None, None, 3), {}).units] == [3, 3, 3, 1]
+    rows = run_experiment(experiment, tmp_path / "out", progress=False, batch_size=3)
+    path = tmp_path / "out" / "results.jsonl"
+    mtime = path.stat().st_mtime_ns
+    assert {r["key"] for r in run_experiment(experiment, tmp_path / "out", progress=False)} == {r["key"] for r in rows}
+    assert path.stat().st_mtime_ns == mtime and len(rows) == 10   # the default size (4) found every row done
+
+
 def test_killed_run_resumes_without_loss_or_duplicates(tmp_path, tiny_dir):
     spec = write_experiment(tmp_path / "e.yaml", tiny_dir, batch_size=2, tasks=[{"name": "countries", "n": 40}])
     out = tmp_path / "out"

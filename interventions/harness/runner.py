@@ -62,16 +62,17 @@ def _check_roles(experiment: Experiment) -> None:
 def run_experiment(experiment: Experiment, out_dir: Path | None = None, limit: int | None = None,
                    seed: int | None = None, backend: str | None = None, progress: bool = True,
                    wait: bool = False, device: str | None = None, dtype: str | None = None,
-                   ray: str | None = None, workers: int | None = None) -> list[dict]:
+                   ray: str | None = None, workers: int | None = None, batch_size: int | None = None) -> list[dict]:
     """Run every missing work item into ``out_dir/results.jsonl``; return all rows (one per key).
 
-    ``device`` and ``dtype`` override the experiment's. Bad input fails before any model loads. Another
+    ``device``, ``dtype`` and ``batch_size`` override the experiment's (a GPU takes bigger batches; work
+    keys do not depend on the batch size, so rows of either size resume each other). Bad input fails before any model loads. Another
     run holding ``out_dir`` is refused (or waited for, with ``wait``). Ctrl-C raises ``RunInterrupted`` once the rows finished so far are saved.
     ``ray`` sends the work units to a Ray cluster at that address ("local": a local instance),
     ``workers`` worker processes; only this process writes rows, either way.
     """
     out_dir = Path(out_dir) if out_dir else default_out(experiment)
-    runner = _runner(experiment, limit, seed, backend, device, dtype)
+    runner = _runner(experiment, limit, seed, backend, device, dtype, batch_size)
     experiment = runner.experiment
     execute = _executor(ray, workers)
     with results_lock(out_dir, wait):
@@ -113,12 +114,14 @@ def run_experiment(experiment: Experiment, out_dir: Path | None = None, limit: i
 
 
 def _runner(experiment: Experiment, limit: int | None, seed: int | None, backend: str | None,
-            device: str | None, dtype: str | None) -> UnitRunner:
+            device: str | None, dtype: str | None, batch_size: int | None = None) -> UnitRunner:
     """The experiment's runner under these overrides; bad input fails here, before any model loads."""
-    if limit is not None and limit < 1:
-        raise InterventionError(f"--limit must be at least 1 item per task, got {limit}")
+    for option, value in (("--limit", limit), ("--batch-size", batch_size)):
+        if value is not None and value < 1:
+            raise InterventionError(f"{option} must be at least 1, got {value}")
     experiment = experiment.model_copy(update={"device": device or experiment.device,
-                                               "dtype": dtype or experiment.dtype})
+                                               "dtype": dtype or experiment.dtype,
+                                               "batch_size": batch_size or experiment.batch_size})
     placement(experiment.device, experiment.dtype)   # a device that is not here fails before any load
     _check_roles(experiment)
     return UnitRunner(experiment, backend or experiment.backend, experiment.seed if seed is None else seed, limit)
@@ -172,7 +175,7 @@ def run_experiment_cli(args) -> None:
         print(plan_experiment(part, args.out, args.limit, args.seed, args.device, args.dtype))
         return
     rows = run_experiment(part, args.out, args.limit, args.seed, args.backend, wait=args.wait,
-                          device=args.device, dtype=args.dtype,
+                          device=args.device, dtype=args.dtype, batch_size=getattr(args, "batch_size", None),
                           ray=getattr(args, "ray", None), workers=getattr(args, "workers", None))
     report(experiment, args.out)
     out = Path(args.out) if args.out else default_out(experiment)
