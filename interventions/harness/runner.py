@@ -66,8 +66,9 @@ def run_experiment(experiment: Experiment, out_dir: Path | None = None, limit: i
     """Run every missing work item into ``out_dir/results.jsonl``; return all rows (one per key).
 
     ``device``, ``dtype`` and ``batch_size`` override the experiment's (a GPU takes bigger batches; work
-    keys do not depend on the batch size, so rows of either size resume each other). Bad input fails before any model loads. Another
-    run holding ``out_dir`` is refused (or waited for, with ``wait``). Ctrl-C raises ``RunInterrupted`` once the rows finished so far are saved.
+    keys do not depend on the batch size, so rows of either size resume each other). Bad input fails
+    before any model loads. Another run holding ``out_dir`` is refused (or waited for, with ``wait``).
+    Ctrl-C raises ``RunInterrupted`` once the rows finished so far are saved.
     ``ray`` sends the work units to a Ray cluster at that address ("local": a local instance),
     ``workers`` worker processes; only this process writes rows, either way.
     """
