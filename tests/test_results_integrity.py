@@ -169,7 +169,7 @@ def _exit_code(argv) -> int:
         return stop.code
 
 
-@pytest.mark.parametrize("case", ["out is a file", "empty task list", "k not a layer", "limit 0"])
+@pytest.mark.parametrize("case", ["out is a file", "empty task list", "k not a layer", "limit 0", "batch size 0"])
 def test_more_bad_inputs(case, tmp_path, tiny_dir, monkeypatch, capsys):
     import interventions.harness.units as units
 
@@ -183,13 +183,13 @@ def test_more_bad_inputs(case, tmp_path, tiny_dir, monkeypatch, capsys):
     elif case == "k not a layer":
         overrides["protocols"] = [{"kind": "ac", "k": "eight", "j": 8}]
     else:
-        extra = ["--limit", "0"]
+        extra = [{"limit 0": "--limit", "batch size 0": "--batch-size"}[case], "0"]
     spec = write_experiment(tmp_path / "e.yaml", tiny_dir, **overrides)
     assert _exit_code(["run", str(spec), "--out", str(out), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), err
     assert {"out is a file": "is a file", "empty task list": "tasks", "k not a layer": "layer 'eight'",
-            "limit 0": "--limit"}[case] in err[0]
+            "limit 0": "--limit", "batch size 0": "--batch-size"}[case] in err[0]
 
 
 def test_check_flags_rows_whose_protocol_changed(tmp_path, tiny_dir):
