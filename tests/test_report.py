@@ -229,6 +229,28 @@ def test_debate_agreement_names_whose_answer_the_debate_returns(tmp_path):
     assert "| t1 | A=tiny-a, B=tiny-b | nl_debate_r2 | 4 | 0.50 | 0.50 | 0.75 |" in (tmp_path / "summary.md").read_text()
 
 
+def test_debate_agreement_compares_generated_answers_as_the_debate_votes():
+    """Sampled texts almost never match verbatim: a number is compared as a number, a pick as its option."""
+    from interventions.harness.debate_report import debate_agreement
+
+    def answered(task, protocol, kind, prediction, parsed=None, **spec):
+        r = row(protocol, 0, 0.0, task=task)
+        r["protocol_spec"], r["prediction"] = {"kind": kind, **spec}, prediction
+        r["extra"] = {"parsed": parsed} if parsed else {}
+        return r
+
+    pick = lambda letter: {"rule": "one", "pick": letter}  # noqa: E731
+    rows = [answered("gsm8k", "single_A", "single", "So she pays 18 dollars.", role="A"),
+            answered("gsm8k", "single_B", "single", "17", role="B"),
+            answered("gsm8k", "nl_debate_r2", "nl_debate", "The answer is 18.00"),
+            answered("mmlu_gen/formal_logic", "single_A", "single", "(C) is valid", pick("C"), role="A"),
+            answered("mmlu_gen/formal_logic", "single_B", "single", "B", pick("B"), role="B"),
+            answered("mmlu_gen/formal_logic", "nl_debate_r2", "nl_debate", "The answer is B.", pick("B"))]
+    entries = {e["task"]: e for e in debate_agreement(rows)}
+    assert (entries["gsm8k"]["same_as_A"], entries["gsm8k"]["same_as_B"]) == (1.0, 0.0)
+    assert (entries["mmlu_gen/formal_logic"]["same_as_A"], entries["mmlu_gen/formal_logic"]["same_as_B"]) == (0.0, 1.0)
+
+
 def test_a_sweeps_cells_share_one_line_of_the_compute_table():
     from interventions.harness.versus_text import compute_ratios
 

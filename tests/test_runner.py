@@ -346,6 +346,12 @@ def test_debate_by_majority_of_three_agents(tmp_path, tiny_dir):
     # three different answers: no majority, so B's answer, as the two-agent tie-break
     out = debate._settle(Ctx, said("1", "2", "3", scores=[0, 1, 0]), Compute())
     assert out.prediction == "2" and out.extra["votes"] == {"1": 1, "2": 1, "3": 1}
+    # a choice answer is voted by its pick, and the debate's row keeps how its answer was parsed
+    Ctx.task = get_task("mmlu_gen/formal_logic")
+    picks = [Outcome(s, t, Compute(), extra={"parsed": {"rule": "one", "pick": p}})
+             for t, p, s in (("B", "B", 1), ("(C) is it", "C", 0), ("The answer is B.", "B", 1))]
+    out = debate._settle(Ctx, picks, Compute())
+    assert out.extra["votes"] == {"B": 2, "C": 1} and out.extra["parsed"] == {"rule": "one", "pick": "B"}
     with pytest.raises(ValueError, match="at least three agents"):
         PROTOCOLS.get("nl_debate")(final="majority")
 

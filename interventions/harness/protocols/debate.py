@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import replace
-from decimal import Decimal
 from typing import Literal
 
 import torch
@@ -19,7 +18,7 @@ from pydantic import Field, PositiveInt, model_validator
 
 from ...compute import Compute
 from ..prompts import answer_prompt, debate_note
-from ..tasks.scoring import extract_number, normalize_answer
+from ..tasks.scoring import answer_key
 from .base import Context, Outcome, Protocol, answer, register_protocol
 
 
@@ -27,15 +26,10 @@ def _confidence(logliks: list[float]) -> float:
     return float(torch.softmax(torch.tensor(logliks), dim=0).max())
 
 
-def answer_key(task, outcome: Outcome) -> str:
-    """What two answers must share to count as the same vote: the parsed pick, the number, or the text."""
-    parsed = outcome.extra.get("parsed") or {}
-    if parsed.get("rule") == "one":
-        return str(parsed["pick"])
-    number = extract_number(outcome.prediction) if task.scoring == "numeric" else None
-    if number is not None:     # "18", "18.00" and "It is 18." are one vote
-        return format(Decimal(number).normalize(), "f")
-    return normalize_answer(outcome.prediction)
+def _final(chosen: Outcome, total: Compute, extra: dict) -> Outcome:
+    """The debate's row: the chosen answer (with how it was parsed), charged every agent's compute."""
+    parsed = {"parsed": chosen.extra["parsed"]} if "parsed" in chosen.extra else {}
+    return Outcome(chosen.score, chosen.prediction, total, chosen.score_norm, {**parsed, **extra})
 
 
 @register_protocol("nl_debate")
@@ -84,16 +78,15 @@ class NLDebate(Protocol):
         return [self._settle(ctx, [agent[i] for agent in answers], totals[i]) for i in range(len(items))]
 
     def _settle(self, ctx: Context, last: list[Outcome], total: Compute) -> Outcome:
-        keys = [answer_key(ctx.task, o) for o in last]
+        keys = [answer_key(ctx.task.scoring, o.prediction, o.extra.get("parsed")) for o in last]
         votes = Counter(keys).most_common()
         extra = {"agree": len(votes) == 1}
         if self.final == "majority":
             extra["votes"] = dict(votes)
             if votes[0][1] > len(last) / 2:
-                chosen = last[keys.index(votes[0][0])]
-                return Outcome(chosen.score, chosen.prediction, total, chosen.score_norm, extra)
+                return _final(last[keys.index(votes[0][0])], total, extra)
         a, b = last[0], last[1]          # two agents, or a vote with no majority: the tie-break
         chosen = b
         if ctx.task.scoring == "choice_loglik" and a.prediction != b.prediction:
             chosen = max((a, b), key=lambda ans: _confidence(ans.raw))
-        return Outcome(chosen.score, chosen.prediction, total, chosen.score_norm, extra)
+        return _final(chosen, total, extra)

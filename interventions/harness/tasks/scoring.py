@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 import string
+from decimal import Decimal
 from typing import Sequence
 
 # A number: optional sign (not when glued to a word/digit, so "5-3" yields 3), then either
@@ -19,6 +20,18 @@ def extract_number(text: str) -> str | None:
         return None
     num = found[-1].replace(",", "")
     return "-0" + num[1:] if num.startswith("-.") else ("0" + num if num.startswith(".") else num)
+
+
+def answer_key(scoring: str, prediction: str, parsed: dict | None = None) -> str:
+    """What two answers must share to be the same answer (a debate's vote, a debate's final answer
+    against a model's own): the one option a "choose one of" answer picks, the number of a numeric
+    task ("18", "18.00" and "It is 18." are one), else the normalised text."""
+    if parsed and parsed.get("rule") == "one":
+        return str(parsed["pick"])
+    number = extract_number(prediction) if scoring == "numeric" else None
+    if number is not None:
+        return format(Decimal(number).normalize(), "f")
+    return normalize_answer(prediction)
 
 
 def is_number(text: str) -> bool:
