@@ -28,6 +28,7 @@ from pydantic import Field, NonNegativeFloat, PositiveInt, field_validator, mode
 
 from ...alignment import MAPS
 from ...combine import COMBINES, check_combine_args
+from ...completions import CompletionStore, completion_key
 from ...compute import Compute
 from ...diagnostics import splice_diagnostics
 from ...session import Sampler
@@ -51,19 +52,21 @@ def sender_texts(ctx: Context, items, sender: str, completion_tokens: int = 0, t
         return [sender_prompt(model, ctx.task, it, sender) for it in items], [Compute() for _ in items]
     # under an experiment's sampling, each sampling seed draws its own completion
     seed = f"{ctx.seed}:{ctx.generation['seed']}" if ctx.generation else ctx.seed
-    key = lambda it: ("completion", role, it.id, completion_tokens, temperature, seed)  # noqa: E731
-    missing = [it for it in items if key(it) not in ctx.session.memo]
-    if missing:
-        prompts = [sender_prompt(model, ctx.task, it, "chat") for it in missing]
-        seeds = [int(hashlib.sha256(f"{seed}:{it.id}".encode()).hexdigest()[:8], 16) for it in missing]
-        out = ctx.session.decode(role, prompts, (), completion_tokens, Sampler(temperature, seeds))
-        for it, prompt, text, compute in zip(missing, prompts, out.texts, out.compute):
-            ctx.session.memo[key(it)] = (prompt + text.rstrip(), compute)
+    prompts = [sender_prompt(model, ctx.task, it, "chat") for it in items]
+    seeds = [int(hashlib.sha256(f"{seed}:{it.id}".encode()).hexdigest()[:8], 16) for it in items]
+    keys = [completion_key(p, completion_tokens, temperature, s) for p, s in zip(prompts, seeds)]
+    kept = CompletionStore.of(model, ctx.session.backend.name)   # sampled earlier, by this run or another
+    new = {k: i for i, k in enumerate(keys) if kept.get(k) is None}
+    if new:
+        out = ctx.session.decode(role, [prompts[i] for i in new.values()], (), completion_tokens,
+                                 Sampler(temperature, [seeds[i] for i in new.values()]))
+        for k, text, compute in zip(new, out.texts, out.compute):
+            kept.put(k, text, compute)
     texts, costs = [], []
-    for it in items:  # every item is charged its completion, computed now or earlier
-        text, compute = ctx.session.memo[key(it)]
-        texts.append(text)
-        costs.append(compute.charged_again(compute.wall_s if it in missing else 0.0))
+    for prompt, k in zip(prompts, keys):  # every item is charged its completion, sampled now or earlier
+        text, compute = kept.get(k)
+        texts.append(prompt + text.rstrip())
+        costs.append(compute.charged_again(compute.wall_s if k in new else 0.0))
     return texts, costs
 
 
