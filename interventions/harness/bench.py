@@ -1,7 +1,8 @@
 """`interventions bench harness`: the harness's generation throughput against plain batched
 HF generate on the same items and batch size, and batched vs item-by-item evaluation; `bench
 cipher`, `bench cascade` and `bench sampling` time one channel or path against its plain reference;
-`bench precision` times sampled decoding in bf16 against fp32."""
+`bench precision` times sampled decoding in bf16 against fp32. `bench harness` also times a real
+task's items batched by length against batched in task order."""
 
 from __future__ import annotations
 
@@ -63,7 +64,27 @@ def bench_harness(args) -> dict:
     print(f"batched runner speed-up over item-by-item {one_by_one_s / harness_s:.2f}x")
     print(f"{len(items)} items, batch size {size}, {max_new} new tokens: plain HF generate {plain_s:.2f} s, "
           f"harness {harness_s:.2f} s, item-by-item {one_by_one_s:.2f} s")
-    return {"ratio": ratio, "speedup": one_by_one_s / harness_s}
+    sorted_gain = bench_length_sorting(model, args.items, size)
+    return {"ratio": ratio, "speedup": one_by_one_s / harness_s, "length_sorting": sorted_gain}
+
+
+def bench_length_sorting(model, n_items: int, batch_size: int, task_name: str = "piqa") -> float:
+    """Log-likelihood answers to a real task's items (lengths vary) batched in task order, as a plan
+    without sorting would, against batched by length, as the runner's plan does."""
+    task = get_task(task_name)
+    items = task.items(n_items, 0)
+    protocol = PROTOCOLS.get("single")(role="A")
+
+    def answer(ordered):
+        ctx = Context(Session(model, "torch"), task)
+        for start in range(0, len(ordered), batch_size):
+            protocol.run(ctx, ordered[start:start + batch_size])
+
+    in_order_s, sorted_s = _best_interleaved(lambda: answer(items),
+                                             lambda: answer(sorted(items, key=lambda it: it.size)), 3)
+    print(f"{task_name}, {len(items)} items by log-likelihood: batches of like length take "
+          f"{sorted_s / in_order_s:.2f}x the time of batches in task order ({sorted_s:.2f} s against {in_order_s:.2f} s)")
+    return in_order_s / sorted_s
 
 
 def bench_cipher(model_name: str = "smollm2-135m", batch_size: int = 8, steps: int = 32, repeats: int = 5,

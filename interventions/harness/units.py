@@ -163,8 +163,9 @@ class Plan:
 
 
 def plan(runner: UnitRunner, finished: dict[str, dict]) -> Plan:
-    """Every unfinished work item, in batches of ``batch_size``, grouped by pair, task and protocol, and
-    the rows copied instead of computed. A protocol whose answer needs only some of a pair's models
+    """Every unfinished work item, in batches of ``batch_size`` (items of like length together: a batch runs
+    at its longest prompt's length), grouped by pair, task and protocol, and the rows copied instead
+    of computed. A protocol whose answer needs only some of a pair's models
     (``single_B``, ``silent``) answers alike in every pair that shares them: an item finished in one
     such pair (of this run or an earlier one) is copied to the others (re-keyed, marked
     ``reused_from``), and one pending in several is computed once and copied by the next plan.
@@ -185,7 +186,7 @@ def plan(runner: UnitRunner, finished: dict[str, dict]) -> Plan:
                 for sample in experiment.samples() if task.scoring != "choice_loglik" else [None]:
                     sampled = runner.generation(sample)
                     pending = []
-                    for it in items:
+                    for it in sorted(items, key=lambda it: it.size):   # like lengths batch together
                         key = work_key(protocol, hashes, task.name, it.id, runner.seed, sampled)
                         if key in finished:
                             out.done[p, t, k] += 1
