@@ -47,6 +47,7 @@ def test_batch_size_override_sizes_the_units_not_the_keys(tmp_path, tiny_dir):
     """`run --batch-size` (a GPU takes bigger batches) changes what runs at once, not which rows exist;
     items of like length batch together."""
     from interventions.harness.runner import _runner
+    from interventions.harness.prompts import prompt_size
     from interventions.harness.units import plan
 
     experiment = load_experiment(str(write_experiment(tmp_path / "e.yaml", tiny_dir, protocols=[{"kind": "silent"}],
@@ -54,7 +55,7 @@ def test_batch_size_override_sizes_the_units_not_the_keys(tmp_path, tiny_dir):
     runner = _runner(experiment, None, None, None, None, None, 3)
     units = plan(runner, {}).units
     assert [len(u) for u in units] == [3, 3, 3, 1]
-    size = {it.id: it.size for it in runner.items(0)}   # a batch runs at its longest prompt: like lengths together
+    size = {it.id: prompt_size(it) for it in runner.items(0)}   # like lengths batch together
     sizes = [[size[i] for i in u.item_ids] for u in units]
     assert all(max(a) <= min(b) for a, b in zip(sizes, sizes[1:]))
     assert [i for u in units for i in u.item_ids] != list(size)    # the task's own order was not

@@ -14,7 +14,7 @@ from transformers import StoppingCriteriaList
 from ..models import load_model
 from ..session import Session, forget_leads
 from ..stops import StopOnText
-from .prompts import answer_prompt
+from .prompts import answer_prompt, prompt_size
 from .protocols import PROTOCOLS, Context
 from .tasks import get_task
 
@@ -81,7 +81,7 @@ def bench_length_sorting(model, n_items: int, batch_size: int, task_name: str = 
             protocol.run(ctx, ordered[start:start + batch_size])
 
     in_order_s, sorted_s = _best_interleaved(lambda: answer(items),
-                                             lambda: answer(sorted(items, key=lambda it: it.size)), 3)
+                                             lambda: answer(sorted(items, key=prompt_size)), 3)
     print(f"{task_name}, {len(items)} items by log-likelihood: batches of like length take "
           f"{sorted_s / in_order_s:.2f}x the time of batches in task order ({sorted_s:.2f} s against {in_order_s:.2f} s)")
     return in_order_s / sorted_s

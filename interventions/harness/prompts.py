@@ -22,6 +22,12 @@ def choice_context(item: TaskItem) -> str:
     return item.meta.get("prompt") or f"Question: {item.question}\nAnswer:"
 
 
+def prompt_size(item: TaskItem) -> int:
+    """Characters the item puts in its prompts: a cheap proxy for their tokens, to batch items of like
+    length together (a batch runs at its longest prompt's length)."""
+    return len(choice_context(item)) + len(item.context) + sum(len(c) for c in item.choices)
+
+
 def answer_prompt(model: LoadedModel, task: Task, item: TaskItem, context: str = "", note: str = "") -> str:
     """The answering agent's prompt; ``context`` is private information, ``note`` a message/debate turn."""
     if task.scoring == "choice_loglik":

@@ -18,6 +18,7 @@ from ..models import load_model, model_identity
 from ..models.placement import weights_identity
 from ..session import Session
 from .experiment import Experiment, pair_name
+from .prompts import prompt_size
 from .protocols import Context, Protocol
 from .tasks import get_task
 
@@ -186,7 +187,7 @@ def plan(runner: UnitRunner, finished: dict[str, dict]) -> Plan:
                 for sample in experiment.samples() if task.scoring != "choice_loglik" else [None]:
                     sampled = runner.generation(sample)
                     pending = []
-                    for it in sorted(items, key=lambda it: it.size):   # like lengths batch together
+                    for it in sorted(items, key=prompt_size):   # like lengths batch together
                         key = work_key(protocol, hashes, task.name, it.id, runner.seed, sampled)
                         if key in finished:
                             out.done[p, t, k] += 1

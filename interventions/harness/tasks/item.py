@@ -16,12 +16,6 @@ class TaskItem:
     # JSON-serialisable extras; excluded from hash so items stay usable as dict keys.
     meta: dict = field(default_factory=dict, hash=False)
 
-    @property
-    def size(self) -> int:
-        """Characters of text the item puts in a prompt: a cheap proxy for its tokens, to batch items of
-        like length together (a batch runs at the length of its longest prompt)."""
-        return len(self.question) + len(self.context) + sum(len(c) for c in self.choices)
-
     def to_dict(self) -> dict:
         return asdict(self)
 
