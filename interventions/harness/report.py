@@ -287,7 +287,7 @@ def _plot_accuracy_grids(plt, summary, out_dir) -> list[Path]:
         ax.set_yticks(range(len(protocols)))
         ax.set_yticklabels(protocols, fontsize=8)
         fig.colorbar(image, ax=ax, label="accuracy")
-        ax.set_title(f"accuracy by protocol and task: {pair}", fontsize=9)
+        ax.set_title(f"accuracy by protocol and task\n{pair}", fontsize=9)   # long pair names: own line
         fig.tight_layout()
         path = out_dir / f"accuracy_grid_{slug(pair)}.png"
         fig.savefig(path, dpi=120)
