@@ -83,7 +83,8 @@ def bench_length_sorting(model, n_items: int, batch_size: int, task_name: str = 
     in_order_s, sorted_s = _best_interleaved(lambda: answer(items),
                                              lambda: answer(sorted(items, key=prompt_size)), 3)
     print(f"{task_name}, {len(items)} items by log-likelihood: batches of like length take "
-          f"{sorted_s / in_order_s:.2f}x the time of batches in task order ({sorted_s:.2f} s against {in_order_s:.2f} s)")
+          f"{sorted_s / in_order_s:.2f}x the time of batches in task order "
+          f"({sorted_s:.2f} s against {in_order_s:.2f} s)")
     return in_order_s / sorted_s
 
 
