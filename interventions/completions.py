@@ -3,8 +3,9 @@ same sender, reads a completion again instead of sampling it again.
 
 A completion depends on the weights (and precision), the device, the backend, the prompt, the
 number of new tokens, the temperature and the row's seed; one file per model, device and backend
-holds one JSON line per completion, keyed by a hash of the rest. Lines are only appended, so a run
-killed mid-write loses at most its last line, which is skipped (and sampled again) when read.
+holds one JSON line per completion, keyed by a hash of the rest. Lines are only appended, a batch
+at a time, so a run killed mid-write loses at most that batch's unwritten lines; a line it cut is
+skipped (and sampled again) when read.
 """
 
 from __future__ import annotations
@@ -56,14 +57,16 @@ class CompletionStore:
     def get(self, key: str) -> tuple[str, Compute] | None:
         return self._kept.get(key)
 
-    def put(self, key: str, text: str, compute: Compute) -> None:
-        self._kept[key] = (text, compute)
+    def put(self, sampled: dict[str, tuple[str, Compute]]) -> None:
+        """Keep a batch's completions, by key: in memory, and appended to the file in one write."""
+        self._kept.update(sampled)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"key": key, "text": text, "compute": compute.to_dict()}) + "\n"
-        with open(self.path, "a+b") as f:   # one write per line: a concurrent writer appends whole lines
+        lines = "".join(json.dumps({"key": key, "text": text, "compute": compute.to_dict()}) + "\n"
+                       for key, (text, compute) in sampled.items())
+        with open(self.path, "a+b") as f:   # one write of whole lines: a concurrent writer appends its own
             f.seek(0, 2)
             if f.tell():   # after a killed write, start on a line of our own
                 f.seek(-1, 2)
                 if f.read(1) != b"\n":
-                    line = "\n" + line
-            f.write(line.encode())
+                    lines = "\n" + lines
+            f.write(lines.encode())

@@ -176,7 +176,7 @@ def plan(runner: UnitRunner, finished: dict[str, dict]) -> Plan:
     for p, pair in enumerate(experiment.pairs):
         hashes = runner.weights(p)
         for t, (entry, task) in enumerate(zip(experiment.tasks, runner.tasks)):
-            items = runner.items(t)
+            items = sorted(runner.items(t), key=prompt_size)   # like lengths batch together
             for k, protocol in enumerate(experiment.protocols):
                 tasks, pairs = experiment.protocol_tasks.get(protocol), experiment.protocol_pairs.get(protocol)
                 if (not protocol.applies_to(task, pair) or (tasks and entry.name not in tasks)
@@ -187,7 +187,7 @@ def plan(runner: UnitRunner, finished: dict[str, dict]) -> Plan:
                 for sample in experiment.samples() if task.scoring != "choice_loglik" else [None]:
                     sampled = runner.generation(sample)
                     pending = []
-                    for it in sorted(items, key=prompt_size):   # like lengths batch together
+                    for it in items:
                         key = work_key(protocol, hashes, task.name, it.id, runner.seed, sampled)
                         if key in finished:
                             out.done[p, t, k] += 1

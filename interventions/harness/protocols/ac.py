@@ -60,8 +60,7 @@ def sender_texts(ctx: Context, items, sender: str, completion_tokens: int = 0, t
     if new:
         out = ctx.session.decode(role, [prompts[i] for i in new.values()], (), completion_tokens,
                                  Sampler(temperature, [seeds[i] for i in new.values()]))
-        for k, text, compute in zip(new, out.texts, out.compute):
-            kept.put(k, text, compute)
+        kept.put({k: (text, compute) for k, text, compute in zip(new, out.texts, out.compute)})
     texts, costs = [], []
     for prompt, k in zip(prompts, keys):  # every item is charged its completion, sampled now or earlier
         text, compute = kept.get(k)
