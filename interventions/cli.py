@@ -323,10 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default=None, help="the results folder (default results/<experiment>/)")
     p.set_defaults(fn=_cmd_export)
 
-    p = sub.add_parser("check", help="validate an experiment's results folder: unreadable lines, duplicates, rows that no longer match")
+    p = sub.add_parser("check", help="validate an experiment's results folder: unreadable lines, duplicates, rows that no longer "
+                       "match, answers their task now parses otherwise")
     p.add_argument("out", help="the results folder (holding results.jsonl), or the experiment's name or YAML path")
-    p.add_argument("--fix", action="store_true", help="drop the flagged lines (kept in results.rejected); "
-                                                     "a resume then recomputes them")
+    p.add_argument("--fix", action="store_true", help="drop the flagged lines (kept in results.rejected; "
+                                                     "a resume then recomputes them) and re-score the "
+                                                     "answers their task now parses otherwise")
     p.set_defaults(fn=_cmd_check)
     return parser
 

@@ -208,6 +208,36 @@ def test_check_flags_rows_whose_protocol_changed(tmp_path, tiny_dir):
     assert len(run_experiment(experiment, out, progress=False)) == len(rows)  # the resume redoes exactly it
 
 
+def test_check_rescores_answers_whose_parser_changed_and_keeps_the_rest(tmp_path, monkeypatch):
+    from interventions.harness.tasks import get_task
+
+    task = get_task("mmlu_gen/formal_logic")
+    items = task.items(3, seed=0)
+    gold = ["ABCD"[it.answer_index] for it in items]
+    wrong = [next(x for x in "ABCD" if x != g) for g in gold]
+    answers = [f"A. x\nB. y\nThe answer is {gold[0]}.", gold[1], f"{wrong[2]}."]
+    rows = [{"key": f"k{i}", "task": task.name, "item_id": it.id, "gold": it.answer, "prediction": text,
+             # as an older parser wrote them: the first answer's conclusion was not read
+             "score": 0.0 if i == 0 else task.score(it, text), "extra": {"parsed": (
+                 {"pick": None, "rule": "several", "named": ["A", "B"]} if i == 0 else task.parse(it, text))}}
+            for i, (it, text) in enumerate(zip(items, answers))]
+    out = tmp_path / "out"
+    out.mkdir()
+    path = out / "results.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr("interventions.harness.check._row_problem", lambda row, zoo: None)  # only the parse is tested
+    report = check_results(out)
+    assert list(report.rescored) == ["k0"] and not report.clean
+    assert "1 row(s) whose answer their task now parses otherwise (1 with another score)" in [
+        line.strip() for line in report.lines()]
+    check_results(out, fix=True)
+    assert check_results(out).clean
+    after = read_rows(path)
+    assert [r["key"] for r in after] == ["k0", "k1", "k2"]   # nothing dropped, order kept
+    assert after[0]["score"] == 1.0 and after[0]["extra"]["parsed"]["rule"] == "stated"
+    assert after[1:] == rows[1:]
+
+
 def test_check_finds_the_folder_from_the_experiment(tmp_path, tiny_dir, monkeypatch, capsys):
     spec, experiment = _tiny(tmp_path, tiny_dir, n=2)
     monkeypatch.chdir(tmp_path)

@@ -5,8 +5,11 @@ unreadable lines, duplicate keys, a torn last line. Then, row by row, it recompu
 from what the row says it is (protocol spec, model hashes, task, item, seed): a key that no longer
 matches means the protocol's definition changed since the row was written, so a resume would redo
 it. Rows of zoo models are checked against the zoo's weight hash and the verified cache's hash
-of the weights actually loaded. ``fix=True`` rewrites the file without the lines it flags (kept in
-``results.rejected``), so a resume recomputes exactly those work items.
+of the weights actually loaded. A row that records how its answer was parsed (a "choose one of"
+task) is parsed again by its task: when the task's parser has changed since, the row is re-scorable.
+``fix=True`` rewrites the file without the lines it flags (kept in ``results.rejected``), so a resume
+recomputes exactly those work items, and re-scores the re-scorable rows in place, since their answers
+stand. A debate's votes stay as they were cast: only its final answer is parsed again.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 from ..errors import InterventionError
 from ..models.cache import cache_problem, entry_cache_dir, loaded_sha256, read_marker
 from ..models.zoo import ZOO
+from .tasks import get_task
 from .protocols import PROTOCOLS
 from .runner import RESULTS_FILE
 from .units import row_weights, work_key
@@ -34,10 +38,12 @@ class CheckReport:
     torn: bool = False
     stale: dict[str, list[str]] = field(default_factory=dict)   # reason -> keys of rows that no longer match
     unchecked: Counter = field(default_factory=Counter)          # reason -> rows that could not be checked
+    rescored: dict[str, dict] = field(default_factory=dict)     # key -> the row as its task scores it now
+    before: dict[str, float] = field(default_factory=dict)      # key -> the score a re-scored row had
 
     @property
     def clean(self) -> bool:
-        return not (self.bad_lines or self.duplicates or self.torn or self.stale)
+        return not (self.bad_lines or self.duplicates or self.torn or self.stale or self.rescored)
 
     def lines(self) -> list[str]:
         out = [f"{self.path}: {self.n_rows} rows"]
@@ -50,10 +56,14 @@ class CheckReport:
             out.append("  a torn last line (a run was killed mid-write; the next run truncates it)")
         for reason, keys in self.stale.items():
             out.append(f"  {len(keys)} row(s) {reason}")
+        if self.rescored:
+            changed = sum(self.rescored[k]["score"] != self.before[k] for k in self.rescored)
+            out.append(f"  {len(self.rescored)} row(s) whose answer their task now parses otherwise "
+                       f"({changed} with another score)")
         for reason, count in self.unchecked.items():
             out.append(f"  {count} row(s) not checked: {reason}")
-        out.append("  clean" if self.clean else "  run `interventions check OUT --fix` to drop the flagged lines; "
-                   "a resume then recomputes those work items")
+        out.append("  clean" if self.clean else "  run `interventions check OUT --fix` to drop the flagged lines "
+                   "(a resume then recomputes those work items) and re-score the re-parsed rows")
         return out
 
 
@@ -93,6 +103,32 @@ class _Unchecked(Exception):
     pass
 
 
+def _task_items(name: str) -> tuple:
+    """(the task, its items by id), or _Unchecked when the task cannot be rebuilt here."""
+    try:
+        task = get_task(name)
+        return task, {item.id: item for item in task.all_items()}
+    except Exception as error:  # noqa: BLE001  a plugin task not loaded, its data not installed
+        raise _Unchecked(f"task {name!r} cannot be rebuilt to parse its answers ({type(error).__name__})") from None
+
+
+def _reparsed(row: dict, tasks: dict) -> dict | None:
+    """The row as its task scores its stored answer now, or None when nothing changed."""
+    parsed = (row.get("extra") or {}).get("parsed")
+    if parsed is None:
+        return None
+    if row["task"] not in tasks:
+        tasks[row["task"]] = _task_items(row["task"])
+    task, items = tasks[row["task"]]
+    item = items.get(row["item_id"])
+    if item is None or str(item.answer) != str(row.get("gold")):
+        raise _Unchecked(f"task {row['task']!r} built here has other items than its rows (built with options?)")
+    now, score = task.parse(item, row["prediction"]), float(task.score(item, row["prediction"]))
+    if now == parsed and score == row["score"]:
+        return None
+    return {**row, "score": score, "extra": {**row["extra"], "parsed": now}}
+
+
 def check_results(out_dir: Path, fix: bool = False) -> CheckReport:
     path = Path(out_dir) / RESULTS_FILE
     if not path.exists():
@@ -100,9 +136,12 @@ def check_results(out_dir: Path, fix: bool = False) -> CheckReport:
     found = read_results(path)
     report = CheckReport(path, len(found.rows), found.bad_lines, found.duplicates, found.torn)
     zoo: dict = {}
+    tasks: dict = {}
     for row in found.rows:
         try:
             reason = _row_problem(row, zoo)
+            if not reason and (again := _reparsed(row, tasks)):
+                report.rescored[row["key"]], report.before[row["key"]] = again, row["score"]
         except _Unchecked as why:
             report.unchecked[str(why)] += 1
             continue
@@ -112,5 +151,5 @@ def check_results(out_dir: Path, fix: bool = False) -> CheckReport:
             report.stale.setdefault(reason, []).append(row["key"])
     if fix and not report.clean:
         with results_lock(out_dir):  # never rewrite under a running writer
-            rewrite_clean(path, {key for keys in report.stale.values() for key in keys})
+            rewrite_clean(path, {key for keys in report.stale.values() for key in keys}, report.rescored)
     return report

@@ -43,14 +43,14 @@ def summarize(rows: list[dict]) -> list[dict]:
         tokens_by_role = {role: mean_of([(c.get("tokens") or {}).get(role, 0) for c in comps]) for role in roles}
         norms = [r.get("score_norm") for r in grp if r.get("score_norm") is not None]
         parsed = [(r.get("extra") or {}).get("parsed") for r in grp]
-        rules = [p["rule"] for p in parsed if p and "rule" in p]
+        picks = [p.get("pick") for p in parsed if p and "rule" in p]
         out.append({
             "task": task, "protocol": protocol, "model_pair": pair,
             "models": {role: (m or {}).get("name") for role, m in (grp[0].get("models") or {}).items()},
             "n": n, "samples": len(grp) / n, "acc": sum(scores) / n, "ci_low": low, "ci_high": high,
             "acc_norm": mean_of(norms), "n_norm": len(norms),
             "chance": mean_of([(r.get("params") or {}).get("chance") for r in grp]),
-            "no_choice_rate": mean_of([float(rule != "one") for rule in rules]),
+            "no_choice_rate": mean_of([float(pick is None) for pick in picks]),
             "flops_per_item": mean_of([c.get("flops") for c in comps]),
             "flops_no_cache_per_item": mean_of([c.get("flops_no_cache") for c in comps]),
             "tokens_per_item": sum(tokens_by_role.values()) if roles else None,

@@ -84,20 +84,22 @@ def read_rows(path: Path) -> list[dict]:
     return read_results(path).rows
 
 
-def rewrite_clean(path: Path, drop_keys: set[str] = frozenset()) -> None:
-    """Rewrite ``path`` with the first copy of each key not in ``drop_keys``; every other
-    line (unreadable, duplicate, dropped, torn) is appended to ``results.rejected``."""
+def rewrite_clean(path: Path, drop_keys: set[str] = frozenset(), replace: dict[str, dict] | None = None) -> None:
+    """Rewrite ``path`` with the first copy of each key not in ``drop_keys`` (the row ``replace`` holds
+    for its key instead, when it holds one); every other line (unreadable, duplicate, dropped, torn)
+    is appended to ``results.rejected``."""
     kept, rejected, seen = [], [], set()
     for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines(keepends=True):
         row = _row_of(line) if line.endswith("\n") else None  # a torn tail is rejected too
         key = row["key"] if row else None
         if key is not None and key not in seen and key not in drop_keys:
             seen.add(key)
-            kept.append(line)
+            kept.append(json.dumps(replace[key], default=str) + "\n" if key in (replace or {}) else line)
         elif line.strip():
             rejected.append(line if line.endswith("\n") else line + "\n")
-    with open(Path(path).with_suffix(".rejected"), "a", encoding="utf-8") as handle:
-        handle.writelines(rejected)
+    if rejected:  # no empty file beside a folder with nothing to reject
+        with open(Path(path).with_suffix(".rejected"), "a", encoding="utf-8") as handle:
+            handle.writelines(rejected)
     staging = Path(path).with_suffix(".rewrite")
     staging.write_text("".join(kept), encoding="utf-8")
     staging.replace(path)  # atomic: a kill leaves the old file or the new one

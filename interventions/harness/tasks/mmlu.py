@@ -5,7 +5,8 @@ spaces or underscores. It carries two stray header rows (answer == "answer") tha
 
 ``mmlu`` scores the four choices by log-likelihood; ``mmlu_gen`` asks for the letter of one of the
 lettered options by generation, as Ramesh & Li 2025 evaluate it, and counts a pick only when the
-answer names exactly one option (by its letter or its text).
+answer names exactly one option (by its letter or its text) or, reasoning first, states one
+("the answer is B").
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ LETTERS = "ABCD"
 ANSWER_BY = ("likelihood", "generation")
 # a first line that is only a letter, or ends "... answer is B" ("option", "choice" alike)
 _BARE_LETTER = re.compile(r"(?:.*?\b(?:answer|option|choice)(?: is)?:?\s*)?\(?([ABCD])\)?[.:)]?", re.IGNORECASE)
+# a chain of thought's conclusion anywhere: "the answer is B", "Answer: (B)", "the correct option is **B**",
+# "\boxed{B}"; a second letter joined on ("answer is B or C") makes it name several
+_STATED = re.compile(
+    r"(?:\\boxed\{\s*(?:\\text\{\s*)?"
+    r"|(?i:\banswer(?:\s+(?:is|would be|should be)\s*:?|\s*:)|\b(?:correct|right|best)\s+(?:option|choice)"
+    r"(?:\s+is\s*:?|\s*:))\s*(?:\*\*|\\\(|\$)?\s*)"
+    r"\(?([ABCD])\)?(?!\w)(?:\s*(?:,|/|(?i:or|and))\s*\(?([ABCD])\)?(?!\w))?")
 
 
 def _key(subject: str) -> str:
@@ -46,11 +54,18 @@ def mmlu_subjects() -> list[str]:
 
 def letter_choice(item: TaskItem, generated: str) -> dict:
     """How an answer to a lettered question parses: a first line that is only a letter ("B", "(B)",
-    "B.") or ends "answer is B" picks it; otherwise every option named by "(B)", "B)", "B.", "B:", by a list
-    ("B, C and D", "B or D") or by its own text counts, and the pick stands only when exactly one is named."""
+    "B.") or ends "answer is B" picks it (rule ``one``). Otherwise a stated conclusion decides
+    ("the answer is B", "Answer: B", "\\boxed{B}", rule ``stated``), when every one the answer states
+    names the same single letter, so a chain of thought that weighs the options is not read as naming
+    them all. Without one, every option named by "(B)", "B)", "B.", "B:", by a list ("B, C and D",
+    "B or D") or by its own text counts, and the pick stands only when exactly one is named."""
     bare = _BARE_LETTER.fullmatch(first_line(generated))
     if bare:
         return {"pick": bare.group(1), "rule": "one", "named": [bare.group(1)]}
+    stated = list(dict.fromkeys(letter for m in _STATED.finditer(generated or "") for letter in m.groups() if letter))
+    if stated:
+        one = len(stated) == 1
+        return {"pick": stated[0] if one else None, "rule": "stated" if one else "several", "named": stated}
     cands = {letter: [f"({letter})", f"{letter})", f"{letter}.", f"{letter}:", f"{letter},", f"{letter} or",
                       f"{letter} and", f"or {letter}", f"and {letter}", text]
              for letter, text in zip(LETTERS, item.choices)}

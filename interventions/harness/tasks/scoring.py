@@ -26,7 +26,7 @@ def answer_key(scoring: str, prediction: str, parsed: dict | None = None) -> str
     """What two answers must share to be the same answer (a debate's vote, a debate's final answer
     against a model's own): the one option a "choose one of" answer picks, the number of a numeric
     task ("18", "18.00" and "It is 18." are one), else the normalised text."""
-    if parsed and parsed.get("rule") == "one":
+    if parsed and parsed.get("pick") is not None:
         return str(parsed["pick"])
     number = extract_number(prediction) if scoring == "numeric" else None
     if number is not None:
