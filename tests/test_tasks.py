@@ -381,7 +381,7 @@ def test_mmlu_by_generation_reads_a_chain_of_thoughts_stated_conclusion():
     weighed = f"Let us check each option.\nOption {a}: {it.choices['ABCD'.index(a)]} fails.\n{b}. is wrong too.\n"
     assert task.parse(it, weighed)["rule"] == "several"   # the reasoning alone names two options
     for conclusion in (f"So the correct answer is \\(\\boxed{{{gold}}}\\).", f"Therefore, the answer is **{gold}**.",
-                       f"Answer: ({gold})", f"The correct option is: {gold}", f"$\\boxed{{\\text{{{gold}}}}}$"):
+                       f"Answer: ({gold})", f"The correct option is: {gold}", f"the answer is option {gold}", f"$\\boxed{{\\text{{{gold}}}}}$"):
         parsed = task.parse(it, weighed + conclusion)
         assert parsed == {"pick": gold, "rule": "stated", "named": [gold]}, conclusion
         assert task.score(it, weighed + conclusion) == 1.0

@@ -29,11 +29,11 @@ ANSWER_BY = ("likelihood", "generation")
 # a first line that is only a letter, or ends "... answer is B" ("option", "choice" alike)
 _BARE_LETTER = re.compile(r"(?:.*?\b(?:answer|option|choice)(?: is)?:?\s*)?\(?([ABCD])\)?[.:)]?", re.IGNORECASE)
 # a chain of thought's conclusion anywhere: "the answer is B", "Answer: (B)", "the correct option is **B**",
-# "\boxed{B}"; a second letter joined on ("answer is B or C") makes it name several
+# "the answer is option B", "\boxed{B}"; a second letter joined on ("answer is B or C") makes it name several
 _STATED = re.compile(
     r"(?:\\boxed\{\s*(?:\\text\{\s*)?"
     r"|(?i:\banswer(?:\s+(?:is|would be|should be)\s*:?|\s*:)|\b(?:correct|right|best)\s+(?:option|choice)"
-    r"(?:\s+is\s*:?|\s*:))\s*(?:\*\*|\\\(|\$)?\s*)"
+    r"(?:\s+is\s*:?|\s*:))\s*(?:\*\*|\\\(|\$)?\s*(?i:(?:option|choice)\s+)?)"
     r"\(?([ABCD])\)?(?!\w)(?:\s*(?:,|/|(?i:or|and))\s*\(?([ABCD])\)?(?!\w))?")
 
 
