@@ -221,6 +221,7 @@ def test_check_rescores_answers_whose_parser_changed_and_keeps_the_rest(tmp_path
              "score": 0.0 if i == 0 else task.score(it, text), "extra": {"parsed": (
                  {"pick": None, "rule": "several", "named": ["A", "B"]} if i == 0 else task.parse(it, text))}}
             for i, (it, text) in enumerate(zip(items, answers))]
+    rows.append({**rows[2], "key": "k3", "task": "no_such_task"})   # a task this install cannot build
     out = tmp_path / "out"
     out.mkdir()
     path = out / "results.jsonl"
@@ -228,12 +229,13 @@ def test_check_rescores_answers_whose_parser_changed_and_keeps_the_rest(tmp_path
     monkeypatch.setattr("interventions.harness.check._row_problem", lambda row, zoo: None)  # only the parse is tested
     report = check_results(out)
     assert list(report.rescored) == ["k0"] and not report.clean
+    assert list(report.unchecked.values()) == [1] and "'no_such_task' cannot be rebuilt" in str(report.unchecked)
     assert "1 row(s) whose answer their task now parses otherwise (1 with another score)" in [
         line.strip() for line in report.lines()]
     check_results(out, fix=True)
     assert check_results(out).clean
     after = read_rows(path)
-    assert [r["key"] for r in after] == ["k0", "k1", "k2"]   # nothing dropped, order kept
+    assert [r["key"] for r in after] == ["k0", "k1", "k2", "k3"]   # nothing dropped, order kept
     assert after[0]["score"] == 1.0 and after[0]["extra"]["parsed"]["rule"] == "stated"
     assert after[1:] == rows[1:]
 

@@ -103,13 +103,13 @@ class _Unchecked(Exception):
     pass
 
 
-def _task_items(name: str) -> tuple:
-    """(the task, its items by id), or _Unchecked when the task cannot be rebuilt here."""
+def _task_items(name: str) -> tuple | str:
+    """(the task, its items by id), or why the task cannot be rebuilt here."""
     try:
         task = get_task(name)
         return task, {item.id: item for item in task.all_items()}
     except Exception as error:  # noqa: BLE001  a plugin task not loaded, its data not installed
-        raise _Unchecked(f"task {name!r} cannot be rebuilt to parse its answers ({type(error).__name__})") from None
+        return f"task {name!r} cannot be rebuilt to parse its answers ({type(error).__name__})"
 
 
 def _reparsed(row: dict, tasks: dict) -> dict | None:
@@ -117,8 +117,10 @@ def _reparsed(row: dict, tasks: dict) -> dict | None:
     parsed = (row.get("extra") or {}).get("parsed")
     if parsed is None:
         return None
-    if row["task"] not in tasks:
+    if row["task"] not in tasks:  # built once per task, a failure too
         tasks[row["task"]] = _task_items(row["task"])
+    if isinstance(tasks[row["task"]], str):
+        raise _Unchecked(tasks[row["task"]])
     task, items = tasks[row["task"]]
     item = items.get(row["item_id"])
     if item is None or str(item.answer) != str(row.get("gold")):
