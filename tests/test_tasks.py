@@ -371,6 +371,8 @@ def test_mmlu_by_generation_asks_for_a_letter_and_counts_exactly_one_option():
         assert parsed["rule"] == "several" and gold in parsed["named"] and task.score(it, listed) == 0.0, listed
     assert task.parse(it, "I do not know.")["rule"] == "none"
     assert "letter" in task.answer_instruction() and task.chance(it) == 0.25
+    with pytest.raises(Exception, match="answer_by"):
+        get_task("mmlu", answer_by="sampling")
 
 
 def test_mmlu_by_generation_reads_a_chain_of_thoughts_stated_conclusion():
@@ -381,7 +383,8 @@ def test_mmlu_by_generation_reads_a_chain_of_thoughts_stated_conclusion():
     weighed = f"Let us check each option.\nOption {a}: {it.choices['ABCD'.index(a)]} fails.\n{b}. is wrong too.\n"
     assert task.parse(it, weighed)["rule"] == "several"   # the reasoning alone names two options
     for conclusion in (f"So the correct answer is \\(\\boxed{{{gold}}}\\).", f"Therefore, the answer is **{gold}**.",
-                       f"Answer: ({gold})", f"The correct option is: {gold}", f"the answer is option {gold}", f"$\\boxed{{\\text{{{gold}}}}}$"):
+                       f"Answer: ({gold})", f"The correct option is: {gold}", f"the answer is option {gold}",
+                       f"$\\boxed{{\\text{{{gold}}}}}$"):
         parsed = task.parse(it, weighed + conclusion)
         assert parsed == {"pick": gold, "rule": "stated", "named": [gold]}, conclusion
         assert task.score(it, weighed + conclusion) == 1.0
@@ -390,5 +393,3 @@ def test_mmlu_by_generation_reads_a_chain_of_thoughts_stated_conclusion():
         assert task.parse(it, hedged)["pick"] is None and task.score(it, hedged) == 0.0, hedged
     assert task.parse(it, f"x\nThe answer {a}-{gold} is unclear")["rule"] == "none"
     assert task.parse(it, f"x\nThe answer is Alice, not {a}.")["named"] == [a]
-    with pytest.raises(Exception, match="answer_by"):
-        get_task("mmlu", answer_by="sampling")

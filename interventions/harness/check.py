@@ -20,9 +20,11 @@ from pathlib import Path
 
 from ..errors import InterventionError
 from ..models.cache import cache_problem, entry_cache_dir, loaded_sha256, read_marker
+from ..compute import Compute
 from ..models.zoo import ZOO
 from .tasks import get_task
 from .protocols import PROTOCOLS
+from .protocols.base import scored
 from .runner import RESULTS_FILE
 from .units import row_weights, work_key
 from .lock import results_lock
@@ -39,7 +41,7 @@ class CheckReport:
     stale: dict[str, list[str]] = field(default_factory=dict)   # reason -> keys of rows that no longer match
     unchecked: Counter = field(default_factory=Counter)          # reason -> rows that could not be checked
     rescored: dict[str, dict] = field(default_factory=dict)     # key -> the row as its task scores it now
-    before: dict[str, float] = field(default_factory=dict)      # key -> the score a re-scored row had
+    rescored_scores: int = 0                                     # how many of those changed score
 
     @property
     def clean(self) -> bool:
@@ -57,9 +59,8 @@ class CheckReport:
         for reason, keys in self.stale.items():
             out.append(f"  {len(keys)} row(s) {reason}")
         if self.rescored:
-            changed = sum(self.rescored[k]["score"] != self.before[k] for k in self.rescored)
             out.append(f"  {len(self.rescored)} row(s) whose answer their task now parses otherwise "
-                       f"({changed} with another score)")
+                       f"({self.rescored_scores} with another score)")
         for reason, count in self.unchecked.items():
             out.append(f"  {count} row(s) not checked: {reason}")
         out.append("  clean" if self.clean else "  run `interventions check OUT --fix` to drop the flagged lines "
@@ -125,10 +126,10 @@ def _reparsed(row: dict, tasks: dict) -> dict | None:
     item = items.get(row["item_id"])
     if item is None or str(item.answer) != str(row.get("gold")):
         raise _Unchecked(f"task {row['task']!r} built here has other items than its rows (built with options?)")
-    now, score = task.parse(item, row["prediction"]), float(task.score(item, row["prediction"]))
-    if now == parsed and score == row["score"]:
+    now = scored(task, item, row["prediction"], Compute())   # as the runner scored it
+    if now.extra.get("parsed") == parsed and now.score == row["score"]:
         return None
-    return {**row, "score": score, "extra": {**row["extra"], "parsed": now}}
+    return {**row, "score": now.score, "extra": {**row["extra"], "parsed": now.extra.get("parsed")}}
 
 
 def check_results(out_dir: Path, fix: bool = False) -> CheckReport:
@@ -143,7 +144,8 @@ def check_results(out_dir: Path, fix: bool = False) -> CheckReport:
         try:
             reason = _row_problem(row, zoo)
             if not reason and (again := _reparsed(row, tasks)):
-                report.rescored[row["key"]], report.before[row["key"]] = again, row["score"]
+                report.rescored[row["key"]] = again
+                report.rescored_scores += again["score"] != row["score"]
         except _Unchecked as why:
             report.unchecked[str(why)] += 1
             continue
