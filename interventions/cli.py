@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import sys
 
 from .backends import BACKENDS, DEFAULT_BACKEND
@@ -333,9 +334,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stop_as_ctrl_c(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Exit 0 on success, 2 on bad input (one line, before any model loads), 130 on Ctrl-C."""
+    """Exit 0 on success, 2 on bad input (one line, before any model loads), 130 on Ctrl-C or SIGTERM."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    # a batch scheduler's time limit or preemption sends SIGTERM: stop as Ctrl-C does, naming how to resume
+    signal.signal(signal.SIGTERM, _stop_as_ctrl_c)
     args = build_parser().parse_args(argv)
     from .errors import InterventionError
     from .verified import VERIFY_ENV

@@ -114,7 +114,8 @@ def test_two_concurrent_runs_one_refused_no_duplicates(tmp_path, tiny_dir):
     assert len(keys) == 80 * 3 and len(set(keys)) == len(keys)
 
 
-def test_ctrl_c_exits_130_with_the_resume_command(tmp_path, tiny_dir):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "scheduler-sigterm"])
+def test_interrupt_exits_130_with_the_resume_command(tmp_path, tiny_dir, stop):
     spec, _ = _tiny(tmp_path, tiny_dir, n=40, batch_size=2)
     out = tmp_path / "out"
     results = out / "results.jsonl"
@@ -124,7 +125,7 @@ def test_ctrl_c_exits_130_with_the_resume_command(tmp_path, tiny_dir):
     deadline = time.time() + 120
     while time.time() < deadline and len(read_rows(results)) < 6:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     code, err = proc.wait(timeout=60), proc.stderr.read()
     saved = len(read_rows(results))
     assert code == 130 and "Traceback" not in err
