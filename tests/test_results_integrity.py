@@ -53,7 +53,7 @@ def test_garbage_line_mid_file_loses_nothing_and_adds_nothing(tmp_path, tiny_dir
     assert "skipped 1 unreadable line (line 6)" in (out / "summary.md").read_text()
     checked = check_results(out)
     assert not checked.clean and checked.bad_lines == [6]
-    check_results(out, fix=True)
+    assert check_results(out, fix=True).lines()[-1].strip().startswith("fixed: 1 line(s) moved")
     assert check_results(out).clean and len(read_rows(path)) == len(rows)
     assert (out / "results.rejected").read_text() == "this is not json\n"
 
@@ -233,7 +233,9 @@ def test_check_rescores_answers_whose_parser_changed_and_keeps_the_rest(tmp_path
     assert list(report.unchecked.values()) == [1] and "'no_such_task' cannot be rebuilt" in str(report.unchecked)
     assert "1 row(s) whose answer their task now parses otherwise (1 with another score)" in [
         line.strip() for line in report.lines()]
-    check_results(out, fix=True)
+    fixed = check_results(out, fix=True).lines()
+    assert fixed[-1].strip() == ("fixed: 0 line(s) moved to results.rejected (a resume recomputes their work "
+                                 "items), 1 row(s) re-scored")
     assert check_results(out).clean
     after = read_rows(path)
     assert [r["key"] for r in after] == ["k0", "k1", "k2", "k3"]   # nothing dropped, order kept

@@ -42,6 +42,7 @@ class CheckReport:
     unchecked: Counter = field(default_factory=Counter)          # reason -> rows that could not be checked
     rescored: dict[str, dict] = field(default_factory=dict)     # key -> the row as its task scores it now
     rescored_scores: int = 0                                     # how many of those changed score
+    fixed: bool = False                                          # the flagged rows were dropped or re-scored
 
     @property
     def clean(self) -> bool:
@@ -63,8 +64,13 @@ class CheckReport:
                        f"({self.rescored_scores} with another score)")
         for reason, count in self.unchecked.items():
             out.append(f"  {count} row(s) not checked: {reason}")
-        out.append("  clean" if self.clean else "  run `interventions check OUT --fix` to drop the flagged lines "
-                   "(a resume then recomputes those work items) and re-score the re-parsed rows")
+        if self.fixed:
+            moved = len(self.bad_lines) + len(self.duplicates) + self.torn + sum(map(len, self.stale.values()))
+            out.append(f"  fixed: {moved} line(s) moved to results.rejected (a resume recomputes their work "
+                       f"items), {len(self.rescored)} row(s) re-scored")
+        else:
+            out.append("  clean" if self.clean else "  run `interventions check OUT --fix` to drop the flagged "
+                       "lines (a resume then recomputes those work items) and re-score the re-parsed rows")
         return out
 
 
@@ -156,4 +162,5 @@ def check_results(out_dir: Path, fix: bool = False) -> CheckReport:
     if fix and not report.clean:
         with results_lock(out_dir):  # never rewrite under a running writer
             rewrite_clean(path, {key for keys in report.stale.values() for key in keys}, report.rescored)
+        report.fixed = True
     return report
