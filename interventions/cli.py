@@ -8,6 +8,8 @@ import os
 import shlex
 import signal
 import sys
+import threading
+from contextlib import contextmanager
 
 from .backends import BACKENDS, DEFAULT_BACKEND
 
@@ -338,11 +340,29 @@ def _stop_as_ctrl_c(signum, frame):
     raise KeyboardInterrupt
 
 
+@contextmanager
+def _sigterm_as_ctrl_c():
+    """A batch scheduler's time limit or preemption sends SIGTERM: stop as Ctrl-C does, naming how to
+    resume. Only for the command's duration, so a caller of ``main`` keeps its own handler; Python lets
+    only the main thread set one."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _stop_as_ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Exit 0 on success, 2 on bad input (one line, before any model loads), 130 on Ctrl-C or SIGTERM."""
+    with _sigterm_as_ctrl_c():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    # a batch scheduler's time limit or preemption sends SIGTERM: stop as Ctrl-C does, naming how to resume
-    signal.signal(signal.SIGTERM, _stop_as_ctrl_c)
     args = build_parser().parse_args(argv)
     from .errors import InterventionError
     from .verified import VERIFY_ENV

@@ -137,6 +137,17 @@ def test_interrupt_exits_130_with_the_resume_command(tmp_path, tiny_dir, stop):
     assert len(keys) == 120 and len(set(keys)) == 120
 
 
+def test_main_gives_the_callers_sigterm_handler_back(capsys):
+    def mine(signum, frame):
+        pass
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        assert cli.main(["protocols"]) == 0
+        assert signal.getsignal(signal.SIGTERM) is mine   # SIGTERM is Ctrl-C only while a command runs
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 BAD_TASKS = {
     "jsonl file missing": ({"name": "jsonl", "options": {"path": "nope.jsonl"}}, "not found"),
     "wrong scoring": ({"name": "jsonl", "options": {"path": "ok.jsonl", "scoring": "bogus"}}, "scoring"),
