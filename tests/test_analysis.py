@@ -55,3 +55,30 @@ def test_manifold_correlation_with_a_constant_column_says_which_instead_of_nan()
     assert by["mahalanobis_percentile"]["undefined"] == "every row's mahalanobis_percentile is 100"
     table = "\n".join(manifold_md(list(by.values())))
     assert "nan" not in table and "every row's mahalanobis_percentile is 100" in table
+
+
+def test_manifold_profile_gives_each_protocols_medians_empty_share_and_message_token():
+    from interventions.harness.analysis import manifold_profile_md, manifold_profiles
+
+    def diagnosed(protocol, item, kl, merged, prediction, top=None):
+        row = _row(protocol, item, float(prediction == "B"))
+        row["prediction"] = prediction
+        row["extra"] = {"diagnostics": {"kl": kl, "mahalanobis": merged, "clean_mahalanobis": 140.0,
+                                        "mahalanobis_percentile": 50.0, "norm_ratio": 1.0,
+                                        **({"message_top_tokens": [top, "x"]} if top else {})}}
+        return row
+
+    # replace: KL 9, 10, 11 -> median 10; two of three answers empty; '.\n' top twice, '|' once
+    rows = [diagnosed("replace", 0, 9.0, 50.0, "", ".\n"), diagnosed("replace", 1, 11.0, 60.0, " ", ".\n"),
+            diagnosed("replace", 2, 10.0, 70.0, "B", "|")]
+    rows += [diagnosed("sum", i, 0.1 * (i + 1), 100.0, "B") for i in range(4)]   # no message tokens
+    rows.append(_row("single_B", 0, 1.0))                                         # no diagnostics: left out
+    by = {p["protocol"]: p for p in manifold_profiles(rows)}
+    assert set(by) == {"replace", "sum"}
+    assert by["replace"]["kl"] == 10.0 and by["replace"]["mahalanobis"] == 60.0
+    assert by["replace"]["empty"] == pytest.approx(2 / 3) and by["replace"]["acc"] == pytest.approx(1 / 3)
+    assert by["replace"]["message_top_token"] == ".\n" and by["replace"]["message_top_token_share"] == pytest.approx(2 / 3)
+    assert by["sum"]["kl"] == pytest.approx(0.25) and by["sum"]["empty"] == 0.0 and "message_top_token" not in by["sum"]
+    table = "\n".join(manifold_profile_md(list(by.values())))
+    assert "| replace | 3 | 0.333 | 0.67 | 10 | 60 | 140 | 50 | 1.00 | `'.\\n'` (67%) |" in table
+    assert "| sum | 4 | 1.000 | 0.00 | 0.25 | 100 | 140 | 50 | 1.00 | – |" in table

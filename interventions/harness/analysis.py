@@ -4,6 +4,9 @@
 set (e.g. AC sum, mean and replace), paired on shared items. Picking the reference with the best
 accuracy on the same items favours the reference, so a merge that beats it has cleared a higher bar.
 
+``manifold_profiles``: per protocol, the medians of those diagnostics beside the share of answers
+that end at once: which intervention leaves B's manifold, and how far.
+
 ``manifold_correlations``: over rows that record manifold diagnostics (``interventions.diagnostics``),
 the Spearman rank correlation between how far the intervened state lies from B's natural states
 and the row's score, with an item-resampling bootstrap interval (rows of one item move together,
@@ -12,11 +15,12 @@ since they share its difficulty).
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from .rows import grouped, model_pair, paired, slug, versus_md, with_holm
+from .rows import grouped, mean_of, model_pair, paired, slug, versus_md, with_holm
 
 DIAGNOSTICS = ("mahalanobis_percentile", "norm_ratio", "kl")
 
@@ -99,6 +103,58 @@ def manifold_correlations(rows: list[dict], seed: int = 0) -> list[dict]:
                     f"every row scores {y[0]:g}"
             out.append(entry)
     return out
+
+
+# what the profile table shows, per protocol: the median of each measure over its diagnosed rows
+PROFILE_MEDIANS = ("kl", "mahalanobis", "clean_mahalanobis", "mahalanobis_percentile", "norm_ratio")
+
+
+def manifold_profiles(rows: list[dict]) -> list[dict]:
+    """Per task, model pair and protocol with diagnosed rows: what the intervention does to B, as
+    medians, beside the share of answers that end at once (an empty generation) and the message's
+    most frequent logit-lens top token. Which protocol leaves the manifold, and how that shows."""
+    out = []
+    for (task, pair, protocol), grp in grouped(_diagnosed(rows),
+                                               lambda r: (r["task"], model_pair(r), r["protocol"])).items():
+        measured = [r["extra"]["diagnostics"] for r in grp]
+        entry = {"task": task, "model_pair": pair, "protocol": protocol, "n_rows": len(grp),
+                 "acc": mean_of([r["score"] for r in grp]),
+                 "empty": mean_of([float(r["prediction"].strip() == "") for r in grp
+                                   if isinstance(r.get("prediction"), str)])}
+        for name in PROFILE_MEDIANS:
+            values = [d[name] for d in measured if d.get(name) is not None]
+            entry[name] = float(np.median(values)) if values else None
+        tops = Counter(d["message_top_tokens"][0] for d in measured if d.get("message_top_tokens"))
+        if tops:
+            token, count = tops.most_common(1)[0]
+            entry["message_top_token"], entry["message_top_token_share"] = token, count / len(grp)
+        out.append(entry)
+    return out
+
+
+def manifold_profile_md(profiles: list[dict]) -> list[str]:
+    if not profiles:
+        return []
+    cell = lambda v, fmt: "–" if v is None else format(v, fmt)  # noqa: E731
+    lines = ["## What each intervention does to B (medians over its rows)", "",
+             "*empty*: share of answers that end at their first token; `kl`: KL(clean ‖ intervened) at the "
+             "answer position, in nats; *merged* and *own*: Mahalanobis distance from B's mean of the merged "
+             "state and of B's own state at that site without the intervention (B's natural states are the "
+             "last tokens of corpus sentences, so a prompt that ends elsewhere is far from them already); "
+             "*pct*: the merged state's Mahalanobis percentile among them; *message says*: the sent vector's "
+             "most frequent top token under B's logit lens, with the share of rows where it is top (– when "
+             "the message is not in B's space).", "",
+             "| task | models | protocol | rows | acc | empty | kl | merged | own | pct | norm ratio | "
+             "message says |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for p in profiles:
+        says = "–"
+        if "message_top_token" in p:   # repr shows a newline token; a bar would split the table's cell
+            says = f"`{p['message_top_token']!r}` ({p['message_top_token_share']:.0%})".replace("|", "\\|")
+        lines.append(f"| {p['task']} | {p['model_pair']} | {p['protocol']} | {p['n_rows']} | {cell(p['acc'], '.3f')} | "
+                     f"{cell(p['empty'], '.2f')} | {cell(p['kl'], '.3g')} | {cell(p['mahalanobis'], '.3g')} | "
+                     f"{cell(p['clean_mahalanobis'], '.3g')} | {cell(p['mahalanobis_percentile'], '.0f')} | "
+                     f"{cell(p['norm_ratio'], '.2f')} | {says} |")
+    return lines + [""]
 
 
 def reference_md(diffs: list[dict]) -> list[str]:

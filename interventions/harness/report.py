@@ -11,8 +11,8 @@ from .cascade_report import cascade_md, cascade_plots
 from .selection import heldout_choices, heldout_md
 from .debate_report import debate_agreement, debate_agreement_md
 from .versus_text import accuracy_versus_text, accuracy_versus_text_md, compute_ratios, compute_ratios_md
-from .analysis import (manifold_correlations, manifold_md, plot_accuracy_vs_distance, reference_differences,
-                       reference_md)
+from .analysis import (manifold_correlations, manifold_md, manifold_profile_md, manifold_profiles,
+                       plot_accuracy_vs_distance, reference_differences, reference_md)
 from .rows import (DELTA_COLUMNS, TESTS_MD, delta_cells, for_pair, grouped, mean_of, model_pair, paired, per_item,
                    slug, with_holm)
 from .stats import smallest_significant_difference, wilson_interval
@@ -416,6 +416,7 @@ def write_report(rows: list[dict], out_dir, title: str, notes_md: str = "",
     diffs = paired_differences(rows, baseline_protocol)
     controls = control_differences(rows)
     versus_reference = reference_differences(rows, reference) if reference else []
+    profiles = manifold_profiles(rows)
     correlations = manifold_correlations(rows)
     choices = heldout_choices(rows, {d["task"]: d["baseline"] for d in diffs})
     versus_text = accuracy_versus_text(rows)
@@ -440,7 +441,7 @@ def write_report(rows: list[dict], out_dir, title: str, notes_md: str = "",
     md += _summary_md(summary) + _paired_md(diffs) + heldout_md(choices) + _controls_md(controls)
     md += debate_agreement_md(debates) + accuracy_versus_text_md(versus_text) + compute_ratios_md(ratios)
     md += reference_md(versus_reference)
-    md += manifold_md(correlations) + cascade_md(rows)
+    md += manifold_profile_md(profiles) + manifold_md(correlations) + cascade_md(rows)
     md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     if notes_md:
         md += [notes_md]
@@ -453,6 +454,7 @@ def write_report(rows: list[dict], out_dir, title: str, notes_md: str = "",
                **({"accuracy_versus_text": versus_text} if versus_text else {}),
                **({"compute_versus_text": ratios} if ratios else {}),
                **({"reference_differences": versus_reference} if versus_reference else {}),
+               **({"manifold_profiles": profiles} if profiles else {}),
                **({"manifold_correlations": correlations} if correlations else {}),
                "plots": [p.name for p in plots]}
     (out_dir / "summary.json").write_text(json.dumps(_json_safe(payload), indent=2, default=str))
