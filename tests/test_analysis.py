@@ -73,8 +73,11 @@ def test_manifold_profile_gives_each_protocols_medians_empty_share_and_message_t
             diagnosed("replace", 2, 10.0, 70.0, "B", "|")]
     rows += [diagnosed("sum", i, 0.1 * (i + 1), 100.0, "B") for i in range(4)]   # no message tokens
     rows.append(_row("single_B", 0, 1.0))                                         # no diagnostics: left out
+    choice = diagnosed("loglik", 0, 1.0, 50.0, "")   # a scored choice: no generation to end early
+    choice["score_norm"] = 0.0
+    rows.append(choice)
     by = {p["protocol"]: p for p in manifold_profiles(rows)}
-    assert set(by) == {"replace", "sum"}
+    assert set(by) == {"replace", "sum", "loglik"} and by["loglik"]["empty"] is None
     assert by["replace"]["kl"] == 10.0 and by["replace"]["mahalanobis"] == 60.0
     assert by["replace"]["empty"] == pytest.approx(2 / 3) and by["replace"]["acc"] == pytest.approx(1 / 3)
     assert by["replace"]["message_top_token"] == ".\n" and by["replace"]["message_top_token_share"] == pytest.approx(2 / 3)

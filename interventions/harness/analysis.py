@@ -119,8 +119,9 @@ def manifold_profiles(rows: list[dict]) -> list[dict]:
         measured = [r["extra"]["diagnostics"] for r in grp]
         entry = {"task": task, "model_pair": pair, "protocol": protocol, "n_rows": len(grp),
                  "acc": mean_of([r["score"] for r in grp]),
+                 # generated answers only: a scored choice (it has score_norm) is never empty
                  "empty": mean_of([float(r["prediction"].strip() == "") for r in grp
-                                   if isinstance(r.get("prediction"), str)])}
+                                   if r.get("score_norm") is None and isinstance(r.get("prediction"), str)])}
         for name in PROFILE_MEDIANS:
             values = [d[name] for d in measured if d.get(name) is not None]
             entry[name] = float(np.median(values)) if values else None
@@ -137,7 +138,7 @@ def manifold_profile_md(profiles: list[dict]) -> list[str]:
         return []
     cell = lambda v, fmt: "–" if v is None else format(v, fmt)  # noqa: E731
     lines = ["## What each intervention does to B (medians over its rows)", "",
-             "*empty*: share of answers that end at their first token; `kl`: KL(clean ‖ intervened) at the "
+             "*empty*: share of generated answers that end at their first token; `kl`: KL(clean ‖ intervened) at the "
              "answer position, in nats; *merged* and *own*: Mahalanobis distance from B's mean of the merged "
              "state and of B's own state at that site without the intervention (B's natural states are the "
              "last tokens of corpus sentences, so a prompt that ends elsewhere is far from them already); "
