@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .rows import grouped, mean_of, model_pair, paired, slug, versus_md, with_holm
+from .rows import grouped, mean_of, model_pair, number_cell, paired, slug, versus_md, with_holm
 
 DIAGNOSTICS = ("mahalanobis_percentile", "norm_ratio", "kl")
 
@@ -136,7 +136,6 @@ def manifold_profiles(rows: list[dict]) -> list[dict]:
 def manifold_profile_md(profiles: list[dict]) -> list[str]:
     if not profiles:
         return []
-    cell = lambda v, fmt: "–" if v is None else format(v, fmt)  # noqa: E731
     lines = ["## What each intervention does to B (medians over its rows)", "",
              "*empty*: share of generated answers that end at their first token; `kl`: KL(clean ‖ intervened) at the "
              "answer position, in nats; *merged* and *own*: Mahalanobis distance from B's mean of the merged "
@@ -151,10 +150,10 @@ def manifold_profile_md(profiles: list[dict]) -> list[str]:
         says = "–"
         if "message_top_token" in p:   # repr shows a newline token; a bar would split the table's cell
             says = f"`{p['message_top_token']!r}` ({p['message_top_token_share']:.0%})".replace("|", "\\|")
-        lines.append(f"| {p['task']} | {p['model_pair']} | {p['protocol']} | {p['n_rows']} | {cell(p['acc'], '.3f')} | "
-                     f"{cell(p['empty'], '.2f')} | {cell(p['kl'], '.3g')} | {cell(p['mahalanobis'], '.3g')} | "
-                     f"{cell(p['clean_mahalanobis'], '.3g')} | {cell(p['mahalanobis_percentile'], '.0f')} | "
-                     f"{cell(p['norm_ratio'], '.2f')} | {says} |")
+        lines.append(f"| {p['task']} | {p['model_pair']} | {p['protocol']} | {p['n_rows']} | {number_cell(p['acc'], '.3f')} | "
+                     f"{number_cell(p['empty'], '.2f')} | {number_cell(p['kl'], '.3g')} | {number_cell(p['mahalanobis'], '.3g')} | "
+                     f"{number_cell(p['clean_mahalanobis'], '.3g')} | {number_cell(p['mahalanobis_percentile'], '.0f')} | "
+                     f"{number_cell(p['norm_ratio'], '.2f')} | {says} |")
     return lines + [""]
 
 

@@ -6,7 +6,7 @@ returning the stronger sender's own answer on 45 of 50 items)."""
 from __future__ import annotations
 
 from ..errors import InterventionError
-from .rows import grouped, kind_of, mean_of, model_pair
+from .rows import grouped, kind_of, mean_of, model_pair, number_cell
 from .tasks import get_task
 from .tasks.scoring import answer_key
 
@@ -53,12 +53,11 @@ def debate_agreement(rows: list[dict]) -> list[dict]:
 def debate_agreement_md(entries: list[dict]) -> list[str]:
     if not entries:
         return []
-    fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
     lines = ["## Whose answer the debate returns", "",
              "The share of items where the debaters agree at the end, and where the debate's final answer is "
              "the one each model gives alone. Near 1.00 for one model, the debate is that model's own answer.", "",
              "| task | models | debate | n | agents agree | final = A alone | final = B alone |", "|" + "---|" * 7]
     for e in entries:
-        lines.append(f"| {e['task']} | {e['model_pair']} | {e['protocol']} | {e['n']} | {fmt(e['agree'])} | "
-                     f"{fmt(e['same_as_A'])} | {fmt(e['same_as_B'])} |")
+        shares = " | ".join(number_cell(e[name], ".2f") for name in ("agree", "same_as_A", "same_as_B"))
+        lines.append(f"| {e['task']} | {e['model_pair']} | {e['protocol']} | {e['n']} | {shares} |")
     return lines + [""]

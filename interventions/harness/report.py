@@ -13,8 +13,8 @@ from .debate_report import debate_agreement, debate_agreement_md
 from .versus_text import accuracy_versus_text, accuracy_versus_text_md, compute_ratios, compute_ratios_md
 from .analysis import (manifold_correlations, manifold_md, manifold_profile_md, manifold_profiles,
                        plot_accuracy_vs_distance, reference_differences, reference_md)
-from .rows import (DELTA_COLUMNS, TESTS_MD, delta_cells, for_pair, grouped, mean_of, model_pair, paired, per_item,
-                   slug, with_holm)
+from .rows import (DELTA_COLUMNS, TESTS_MD, delta_cells, for_pair, grouped, mean_of, model_pair, number_cell, paired,
+                   per_item, slug, with_holm)
 from .stats import smallest_significant_difference, wilson_interval
 
 
@@ -121,10 +121,6 @@ def _baseline_for(task, trows, baseline_protocol):
 
 # ---------------------------------------------------------------- markdown
 
-def _fmt(x, spec=".3f"):
-    return "–" if x is None else format(x, spec)
-
-
 def _summary_md(summary) -> list[str]:
     lines = []
     for task, entries in grouped(summary, lambda s: s["task"]).items():
@@ -140,11 +136,11 @@ def _summary_md(summary) -> list[str]:
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for e in entries:
             cells = [e["protocol"]] + ([e["model_pair"]] if many_pairs else []) + [
-                str(e["n"]) if e["samples"] == 1 else f"{e['n']} × {e['samples']:g} samples", f"{e['acc']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}]", _fmt(e["acc_norm"])] + (
-                [_fmt(e.get("no_choice_rate"))] if choosing else []) + [
-                _fmt(e["flops_per_item"], ".2e"), _fmt(e["flops_no_cache_per_item"], ".2e"),
-                _fmt(e["tokens_per_item"], ".1f"),
-                _fmt(e["wall_s_per_item"], ".3f")]
+                str(e["n"]) if e["samples"] == 1 else f"{e['n']} × {e['samples']:g} samples", f"{e['acc']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}]", number_cell(e["acc_norm"])] + (
+                [number_cell(e.get("no_choice_rate"))] if choosing else []) + [
+                number_cell(e["flops_per_item"], ".2e"), number_cell(e["flops_no_cache_per_item"], ".2e"),
+                number_cell(e["tokens_per_item"], ".1f"),
+                number_cell(e["wall_s_per_item"], ".3f")]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return lines

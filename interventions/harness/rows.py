@@ -94,6 +94,11 @@ def versus_md(heading: str, intro: str, columns: tuple[str, ...], diffs: list[di
     return lines + [""]
 
 
+def number_cell(x, spec=".3f") -> str:
+    """A table cell: the number formatted, or – when there is none."""
+    return "–" if x is None else format(x, spec)
+
+
 def per_item(rows) -> dict:
     by_item = defaultdict(list)
     for r in rows:
