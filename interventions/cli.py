@@ -188,9 +188,11 @@ def _cmd_export(args) -> None:
 
 def _cmd_check(args) -> int:
     from .harness.check import check_results
+    from .harness.experiment import load_experiment
     from .harness.runner import results_folder
 
-    report = check_results(results_folder(args.out), fix=args.fix)
+    experiment = None if os.path.isdir(args.out) else load_experiment(args.out)   # it says the token budget
+    report = check_results(results_folder(args.out), fix=args.fix, experiment=experiment)
     print("\n".join(report.lines()))
     return 0 if report.clean or args.fix else 1
 
@@ -330,8 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "match, answers their task now parses otherwise")
     p.add_argument("out", help="the results folder (holding results.jsonl), or the experiment's name or YAML path")
     p.add_argument("--fix", action="store_true", help="drop the flagged lines (kept in results.rejected; "
-                                                     "a resume then recomputes them) and re-score the "
-                                                     "answers their task now parses otherwise")
+                                                     "a resume then recomputes them), re-score the "
+                                                     "answers their task now parses otherwise and stamp "
+                                                     "generated answers with their token budget")
     p.set_defaults(fn=_cmd_check)
     return parser
 

@@ -220,6 +220,56 @@ def test_check_flags_rows_whose_protocol_changed(tmp_path, tiny_dir):
     assert len(run_experiment(experiment, out, progress=False)) == len(rows)  # the resume redoes exactly it
 
 
+def test_a_longer_token_budget_recomputes_generated_answers_and_keeps_scored_choices(tmp_path, tiny_dir):
+    choices = tmp_path / "mc.jsonl"
+    choices.write_text("".join(json.dumps({"id": f"q{i}", "question": f"w{i + 3}?", "choices": ["w5", "w6 w7"],
+                                           "answer": "w5"}) + "\n" for i in range(3)))
+    tasks = [{"name": "countries", "n": 3},
+             {"name": "jsonl", "options": {"path": str(choices), "scoring": "choice_loglik"}}]
+    out = tmp_path / "out"
+    short = load_experiment(str(write_experiment(tmp_path / "e.yaml", tiny_dir, tasks=tasks,
+                                                 protocols=[{"kind": "silent"}])))
+    first = run_experiment(short, out, progress=False)
+    assert [r.get("max_new_tokens", 0) for r in first] == [4] * 3 + [0] * 3   # only generated answers say it
+    longer = load_experiment(str(write_experiment(tmp_path / "e.yaml", tiny_dir, tasks=tasks, max_new_tokens=6,
+                                                  protocols=[{"kind": "silent"}])))
+    both = run_experiment(longer, out, progress=False)
+    generated = [r for r in both if r["task"] == "countries"]
+    assert len(both) == 9 and sorted(r["max_new_tokens"] for r in generated) == [4] * 3 + [6] * 3
+    assert {r["key"] for r in both if r["task"] != "countries"} == {r["key"] for r in first if r["task"] != "countries"}
+    assert check_results(out).clean
+
+
+def test_check_stamps_generated_answers_written_before_rows_said_their_token_budget(tmp_path, tiny_dir):
+    from interventions.harness.runner import UnbudgetedRowsError
+    from interventions.harness.units import row_key, row_weights
+
+    spec, experiment = _tiny(tmp_path, tiny_dir, n=2)
+    out = tmp_path / "out"
+    rows = run_experiment(experiment, out, progress=False)
+    path = out / "results.jsonl"
+    by_name = {p.name: p for p in experiment.protocols}
+    legacy = []
+    for row in rows:   # as the runner wrote them before: no budget, and a key without it
+        old = {k: v for k, v in row.items() if k != "max_new_tokens"}
+        legacy.append({**old, "key": row_key(by_name[row["protocol"]], row_weights(row), old)})
+    legacy[1]["reused_from"] = legacy[0]["key"]   # a copy names its source by the key the source had
+    path.write_text("".join(json.dumps(r) + "\n" for r in legacy))
+    with pytest.raises(UnbudgetedRowsError, match="check .* --fix"):
+        run_experiment(experiment, out, progress=False)   # it would redo them all, so it says how to keep them
+    (advice,) = check_results(out).unchecked   # the folder alone does not say the experiment's budget
+    assert "name its YAML" in advice
+    checked = check_results(out, experiment=experiment)
+    assert len(checked.unbudgeted) == len(rows) and not checked.clean
+    assert "experiment's max_new_tokens: [4]" in "\n".join(checked.lines())
+    check_results(out, fix=True, experiment=experiment)
+    stamped = read_rows(path)
+    assert stamped == [{**r, **({"reused_from": rows[0]["key"]} if i == 1 else {})} for i, r in enumerate(rows)]
+    assert check_results(out).clean
+    assert len(run_experiment(experiment, out, progress=False)) == len(rows)   # nothing to redo
+    assert len(path.read_text().splitlines()) == len(rows)
+
+
 def test_check_rescores_answers_whose_parser_changed_and_keeps_the_rest(tmp_path, monkeypatch):
     from interventions.harness.tasks import get_task
 
@@ -228,7 +278,8 @@ def test_check_rescores_answers_whose_parser_changed_and_keeps_the_rest(tmp_path
     gold = ["ABCD"[it.answer_index] for it in items]
     wrong = [next(x for x in "ABCD" if x != g) for g in gold]
     answers = [f"A. x\nB. y\nThe answer is {gold[0]}.", gold[1], f"{wrong[2]}."]
-    rows = [{"key": f"k{i}", "task": task.name, "item_id": it.id, "gold": it.answer, "prediction": text,
+    rows = [{"key": f"k{i}", "task": task.name, "item_id": it.id, "max_new_tokens": 16, "gold": it.answer,
+             "prediction": text,
              # as an older parser wrote them: the first answer's conclusion was not read
              "score": 0.0 if i == 0 else task.score(it, text), "extra": {"parsed": (
                  {"pick": None, "rule": "several", "named": ["A", "B"]} if i == 0 else task.parse(it, text))}}
@@ -246,7 +297,7 @@ def test_check_rescores_answers_whose_parser_changed_and_keeps_the_rest(tmp_path
         line.strip() for line in report.lines()]
     fixed = check_results(out, fix=True).lines()
     assert fixed[-1].strip() == ("fixed: 0 line(s) moved to results.rejected (a resume recomputes their work "
-                                 "items), 1 row(s) re-scored")
+                                 "items), 1 row(s) re-scored, 0 stamped with their token budget")
     assert check_results(out).clean
     after = read_rows(path)
     assert [r["key"] for r in after] == ["k0", "k1", "k2", "k3"]   # nothing dropped, order kept

@@ -324,9 +324,9 @@ def test_sampling_runs_each_item_once_per_seed_and_the_summary_averages_them(tmp
     greedy = load_experiment(str(write_experiment(tmp_path / "g.yaml", tiny_dir, tasks=[{"name": "countries", "n": 2}],
                                                   protocols=[{"kind": "silent"}])))
     (row, _) = run_experiment(greedy, tmp_path / "greedy", progress=False)
-    assert "sampling" not in row
+    assert "sampling" not in row and row["max_new_tokens"] == 4
     hashes = {role: m["sha256"] for role, m in row["models"].items()}
-    assert work_key(greedy.protocols[0], hashes, row["task"], row["item_id"], 0) == row["key"]
+    assert work_key(greedy.protocols[0], hashes, row["task"], row["item_id"], 0, None, 4) == row["key"]
 
 
 def test_debate_by_majority_of_three_agents(tmp_path, tiny_dir):

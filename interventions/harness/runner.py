@@ -83,7 +83,7 @@ def run_experiment(experiment: Experiment, out_dir: Path | None = None, limit: i
         if found.problems():
             print(f"[interventions] {path}: {found.problems()}; `interventions check {out_dir}` lists them",
                   file=sys.stderr)
-        finished = {row["key"]: row for row in found.rows}
+        finished = finished_rows(runner, found.rows, out_dir)
         total, saved = len(finished), 0
         try:
             while True:  # a second round copies the items computed for a twin pair in the first
@@ -114,6 +114,23 @@ def run_experiment(experiment: Experiment, out_dir: Path | None = None, limit: i
         return read_results(path).rows
 
 
+class UnbudgetedRowsError(InterventionError):
+    """Generated answers written before rows recorded their token budget: a resume would redo them."""
+
+
+def finished_rows(runner: UnitRunner, rows: list[dict], out_dir: Path) -> dict[str, dict]:
+    """The finished rows by work key; refuses generated answers that do not say their token budget,
+    which a run would silently compute again."""
+    generated = {task.name for task in runner.tasks if task.generated}
+    unbudgeted = sum(row["task"] in generated and "max_new_tokens" not in row for row in rows)
+    if unbudgeted:
+        raise UnbudgetedRowsError(
+            f"{unbudgeted} generated answer(s) in {out_dir / RESULTS_FILE} were written before rows recorded their "
+            f"token budget, so a run would compute them again; `interventions check {out_dir} --fix` stamps them "
+            "with their experiment's max_new_tokens (their answers stand)")
+    return {row["key"]: row for row in rows}
+
+
 def _runner(experiment: Experiment, limit: int | None, seed: int | None, backend: str | None,
             device: str | None, dtype: str | None, batch_size: int | None = None) -> UnitRunner:
     """The experiment's runner under these overrides; bad input fails here, before any model loads."""
@@ -134,7 +151,7 @@ def plan_experiment(experiment: Experiment, out_dir: Path | None = None, limit: 
     without locking it and loads no zoo model."""
     path = (Path(out_dir) if out_dir else default_out(experiment)) / RESULTS_FILE
     runner = _runner(experiment, limit, seed, None, device, dtype)
-    rows, done = remaining(runner, {row["key"]: row for row in read_results(path).rows})
+    rows, done = remaining(runner, finished_rows(runner, read_results(path).rows, path.parent))
     return format_remaining(rows, done)
 
 

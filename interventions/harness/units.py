@@ -2,7 +2,8 @@
 
 A work item is (model pair, task, item, protocol, seed, and the sampling seed when the experiment
 samples). Its key hashes the protocol spec, the models' weight hashes (and precision, when not fp32),
-the task, the item id, the seed and the sampling (greedy keys are unchanged by it). A
+the task, the item id, the seed, the sampling (greedy keys are unchanged by it) and, where answers are
+generated, the most tokens an answer may take: raising ``max_new_tokens`` recomputes those answers. A
 ``UnitRunner`` turns a unit into rows the same way in the runner's own process and on a Ray worker.
 """
 
@@ -24,12 +25,25 @@ from .tasks import get_task
 
 
 def work_key(protocol: Protocol, weights: dict[str, str], task: str, item_id: str, seed: int,
-             sampled: dict | None = None) -> str:
-    """The content hash of one work item; ``weights`` maps each role to its model's weight hash and
-    ``sampled`` is the sampling it generates with (None: greedy)."""
+             sampled: dict | None = None, budget: int | None = None) -> str:
+    """The content hash of one work item; ``weights`` maps each role to its model's weight hash,
+    ``sampled`` is the sampling it generates with (None: greedy) and ``budget`` the most tokens its
+    answer may take (None: the answer is a scored choice)."""
     blob = json.dumps({"protocol": protocol.identity(), "models": weights, "task": task, "item": item_id,
-                       "seed": seed, **({"sampling": sampled} if sampled else {})}, sort_keys=True)
+                       "seed": seed, **({"sampling": sampled} if sampled else {}),
+                       **({"max_new_tokens": budget} if budget else {})}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def answer_budget(experiment: Experiment, task) -> int | None:
+    """The most tokens an answer to ``task`` may take, part of its work key; None for scored choices."""
+    return experiment.max_new_tokens if task.generated else None
+
+
+def row_key(protocol: Protocol, weights: dict[str, str], row: dict) -> str:
+    """The work key of what ``row`` says it is, for the models ``weights`` names."""
+    return work_key(protocol, weights, row["task"], row["item_id"], row["seed"], row.get("sampling"),
+                    row.get("max_new_tokens"))
 
 
 def weights(models: dict) -> dict[str, str]:
@@ -183,16 +197,17 @@ def plan(runner: UnitRunner, finished: dict[str, dict]) -> Plan:
                         or (pairs and pair_name(pair) not in pairs)):
                     continue
                 needs = {role: hashes[role] for role in protocol.needed_roles()}
+                budget = answer_budget(experiment, task)
                 # a choice task's log-likelihoods do not sample: once is enough
-                for sample in experiment.samples() if task.scoring != "choice_loglik" else [None]:
+                for sample in experiment.samples() if task.generated else [None]:
                     sampled = runner.generation(sample)
                     pending = []
                     for it in items:
-                        key = work_key(protocol, hashes, task.name, it.id, runner.seed, sampled)
+                        key = work_key(protocol, hashes, task.name, it.id, runner.seed, sampled, budget)
                         if key in finished:
                             out.done[p, t, k] += 1
                             continue
-                        same = work_key(protocol, needs, task.name, it.id, runner.seed, sampled)
+                        same = work_key(protocol, needs, task.name, it.id, runner.seed, sampled, budget)
                         if same in shared:
                             out.copies.append(Copy(p, t, k, key, shared[same]))
                         elif same in scheduled:   # computed for another pair, copied by the next plan
@@ -218,7 +233,7 @@ def shared_rows(experiment: Experiment, finished: dict[str, dict]) -> dict[str, 
             continue
         weights = row_weights(row)
         needs = {role: weights[role] for role in protocol.needed_roles()}
-        out.setdefault(work_key(protocol, needs, row["task"], row["item_id"], row["seed"], row.get("sampling")), row)
+        out.setdefault(row_key(protocol, needs, row), row)
     return out
 
 
@@ -234,16 +249,17 @@ def reused(source: dict, key: str, models: dict) -> dict:
 
 
 def _row(experiment, pair, models, task, protocol, item, outcome, seed, sampled: dict | None = None) -> dict:
-    params = protocol.params()
+    params, budget = protocol.params(), answer_budget(experiment, task)
     if task.chance(item) is not None:
         params["chance"] = task.chance(item)
     return {
-        "key": work_key(protocol, weights(models), task.name, item.id, seed, sampled),
+        "key": work_key(protocol, weights(models), task.name, item.id, seed, sampled, budget),
         "experiment": experiment.name, "task": task.name, "task_source": task.source, "item_id": item.id,
         "protocol": protocol.name, "protocol_spec": protocol.as_dict(),
         **({"interventions": outcome.interventions} if outcome.interventions else {}),
         "models": {role: model_record(m) for role, m in models.items()},
-        "seed": seed, **({"sampling": sampled} if sampled else {}), "score": outcome.score, "score_norm": outcome.score_norm,
+        "seed": seed, **({"sampling": sampled} if sampled else {}), **({"max_new_tokens": budget} if budget else {}),
+        "score": outcome.score, "score_norm": outcome.score_norm,
         "prediction": outcome.prediction, "gold": item.answer, "compute": outcome.compute.to_dict(),
         "params": params, **({"extra": outcome.extra} if outcome.extra else {}),
     }

@@ -24,10 +24,6 @@ from .ac import control_suffix
 from .base import Context, Outcome, Protocol, answer, register_protocol, scored, vector_control
 
 
-def generative(task) -> bool:
-    return task.scoring != "choice_loglik"
-
-
 @register_protocol("reverse_cascade")
 class ReverseCascade(Protocol):
     """L writes the first tokens of the answer, S writes the rest."""
@@ -56,7 +52,7 @@ class ReverseCascade(Protocol):
                        self.window, self.min_tokens, self.max_tokens)
 
     def applies_to(self, task, pair) -> bool:
-        return generative(task) and not (self.control == "random" and self.carry == "text")
+        return task.generated and not (self.control == "random" and self.carry == "text")
 
     @property
     def family(self) -> str:
@@ -88,7 +84,7 @@ class Cascade(Protocol):
     threshold: float = Field(description="where S's answer escalates to L")
 
     def applies_to(self, task, pair) -> bool:
-        return generative(task)
+        return task.generated
 
     @property
     def family(self) -> str:

