@@ -7,9 +7,9 @@ budget): a key that no longer matches means the protocol's definition changed si
 written, so a resume would redo it. Rows of zoo models are checked against the zoo's weight hash
 and the verified cache's hash of the weights actually loaded. A row that records how its answer was
 parsed (a "choose one of" task) is parsed again by its task: when the task's parser has changed
-since, the row is re-scorable.
-A generated answer whose row does not say its token budget (written before rows recorded
-``max_new_tokens``) is unbudgeted: a resume keys work by that budget and would not find it.
+since, the row is re-scorable. A generated answer whose row does not say its token budget (written
+before rows recorded ``max_new_tokens``) is unbudgeted: a resume keys work by that budget and would
+not find it.
 ``fix=True`` rewrites the file without the lines it flags (kept in ``results.rejected``), so a resume
 recomputes exactly those work items, re-scores the re-scorable rows in place, since their answers
 stand, and stamps unbudgeted rows with the ``max_new_tokens`` of the experiment they name (the budget
