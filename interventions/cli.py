@@ -189,10 +189,10 @@ def _cmd_export(args) -> None:
 def _cmd_check(args) -> int:
     from .harness.check import check_results
     from .harness.experiment import load_experiment
-    from .harness.runner import results_folder
+    from .harness.runner import default_out
 
     experiment = None if os.path.isdir(args.out) else load_experiment(args.out)   # it says the token budget
-    report = check_results(results_folder(args.out), fix=args.fix, experiment=experiment)
+    report = check_results(default_out(experiment) if experiment else args.out, fix=args.fix, experiment=experiment)
     print("\n".join(report.lines()))
     return 0 if report.clean or args.fix else 1
 
